@@ -1,0 +1,110 @@
+"""One matching solver for Oracle, GMT and FGMT (paper Eq. 2, 3, 5, 6).
+
+`Matcher` maximises  sum_k <pi source_k, target_k>  over the permutation group by Git Re-Basin coordinate
+descent: groups are visited in an order drawn from a seed, each update is one linear assignment problem, and
+descent stops when a full sweep no longer improves (or at max_iter). Since ||pi s - t||^2 = ||s||^2 + ||t||^2
+- 2 <pi s, t>, this is also min sum_k ||pi source_k - target_k||^2.
+
+Pairs arrive incrementally (`add_pair`). A tensor with one permuted axis contributes a fixed n x n term to its
+group's score matrix, so those terms are summed once into `static` (for a one-hidden-layer MLP that is the
+whole problem, solved exactly by a single assignment). A tensor with two permuted axes (a hidden-to-hidden
+weight) contributes a term that depends on the neighbouring group's current permutation; those tensors are
+kept and recombined at each coordinate step.
+"""
+from __future__ import annotations
+
+import torch
+
+from .lap import Assignment, solve_assignment
+from .symmetry import Permutation, PermutationSpec, identity_permutation, permute_axes_except
+
+Pair = dict[str, torch.Tensor]
+
+
+def _rows(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """Bring `axis` to the front and flatten the rest: (n, -1)."""
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+class Matcher:
+    def __init__(self, spec: PermutationSpec, solver: str = "scipy", dtype: torch.dtype = torch.float64):
+        self.spec, self.solver, self.dtype = spec, solver, dtype
+        self.static: dict[str, torch.Tensor] = {}                      # group -> (n, n) accumulated score
+        self.coupled: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (key, target, source) multi-axis
+        self.num_pairs = 0
+        self._warm: dict[str, Assignment] = {}
+
+    def add_pair(self, target: Pair, source: Pair, weight: float = 1.0) -> None:
+        """Add <pi source, target> to the objective; keys absent from either dict are ignored."""
+        for key, axes in self.spec.axes.items():
+            if key not in target or key not in source:
+                continue
+            groups = [(a, g) for a, g in enumerate(axes) if g is not None]
+            t, s = target[key].detach(), source[key].detach()
+            if len(groups) == 1:
+                (axis, g), = groups
+                term = _rows(t, axis).float() @ _rows(s, axis).float().T
+                term = term.to(self.dtype) * weight
+                self.static[g] = self.static[g] + term if g in self.static else term
+            elif len(groups) > 1:
+                self.coupled.append((key, t * weight, s))
+        self.num_pairs += 1
+
+    def add_score(self, group: str, term: torch.Tensor) -> None:
+        """Add a precomputed n x n score term to one group (e.g. a factored gradient product)."""
+        term = term.to(self.dtype)
+        self.static[group] = self.static[group] + term if group in self.static else term
+
+    def score_matrix(self, group: str, perm: Permutation) -> torch.Tensor:
+        """The group's n x n score given the other groups' current permutations: score[i, j] = <t_i, s_j>."""
+        n = self.spec.sizes[group]
+        device = self.static[group].device if group in self.static else (
+            self.coupled[0][1].device if self.coupled else torch.device("cpu"))
+        A = self.static[group].clone() if group in self.static else torch.zeros(n, n, dtype=self.dtype, device=device)
+        for key, t, s in self.coupled:
+            for axis, g in enumerate(self.spec.axes[key]):
+                if g == group:
+                    s_perm = permute_axes_except(self.spec, perm, key, s, axis)
+                    A += (_rows(t, axis).float() @ _rows(s_perm, axis).float().T).to(self.dtype)
+        return A
+
+    def objective(self, perm: Permutation) -> float:
+        """sum_k <pi source_k, target_k>, up to a constant from tensors no group acts on."""
+        total = sum(float(A[torch.arange(len(p), device=A.device), p.to(A.device)].sum())
+                    for g, A in self.static.items() for p in [perm[g]])
+        for key, t, s in self.coupled:
+            s_perm = permute_axes_except(self.spec, perm, key, s, skip_axis=-1)
+            total += float((t.double() * s_perm.double()).sum())
+        return total
+
+    def solve(self, init: Permutation | None = None, seed: int = 0, max_iter: int = 100) -> Permutation:
+        """Coordinate descent from `init` (default identity); returns a new permutation dict."""
+        perm = {g: p.clone() for g, p in (init or identity_permutation(self.spec)).items()}
+        groups = sorted(self.spec.groups)
+        # Without coupled tensors the groups are independent: one sweep is the exact optimum.
+        sweeps = max_iter if self.coupled else 1
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(sweeps):
+            improved = False
+            for i in torch.randperm(len(groups), generator=gen).tolist():
+                g = groups[i]
+                A = self.score_matrix(g, perm)
+                result = solve_assignment(A, self.solver, self._warm.get(g))
+                self._warm[g] = result
+                rows = torch.arange(A.shape[0], device=A.device)
+                old = float(A[rows, perm[g].to(A.device)].sum())
+                new = float(A[rows, result.perm.to(A.device)].sum())
+                if new > old + 1e-12 * max(1.0, abs(old)):
+                    perm[g] = result.perm.cpu()
+                    improved = True
+            if not improved:
+                break
+        return perm
+
+
+def weight_matching(spec: PermutationSpec, target: Pair, source: Pair, seed: int = 0,
+                    solver: str = "scipy", max_iter: int = 100) -> Permutation:
+    """The pi that makes apply_permutation(spec, pi, source) as close as it can get to `target` (Eq. 2)."""
+    matcher = Matcher(spec, solver)
+    matcher.add_pair(target, source)
+    return matcher.solve(seed=seed, max_iter=max_iter)

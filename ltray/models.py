@@ -1,0 +1,102 @@
+"""The paper's architectures (Appendix B.2): 2-MLP, Conv8 and ResNet-18, with seeded PyTorch-default init.
+
+Module names are chosen so that `state_dict()` keys read like the architecture; the permutation specs in
+`ltray.symmetry` are keyed by exactly these names.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .errors import LtrayError
+
+MODELS = ("mlp", "conv8", "resnet18")
+DEFAULT_WIDTH = {"mlp": 4096, "conv8": 64, "resnet18": 64}
+
+
+class MLP(nn.Sequential):
+    """Flatten -> [Linear -> ReLU] x depth -> Linear. depth=1 is the paper's 2-MLP (Table 1)."""
+
+    def __init__(self, d_in: int, width: int, num_classes: int, depth: int = 1):
+        layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+        d = d_in
+        for i in range(1, depth + 1):
+            layers += [(f"fc{i}", nn.Linear(d, width)), (f"relu{i}", nn.ReLU())]
+            d = width
+        layers.append((f"fc{depth + 1}", nn.Linear(d, num_classes)))
+        super().__init__(OrderedDict(layers))
+        self.depth = depth
+
+
+class Conv8(nn.Module):
+    """Table 2 of the paper: 7 conv layers (+ReLU) in 4 pooled stages, then 3 linear layers.
+
+    Channel widths are (1, 1, 2, 2, 4, 4, 8, 8, 8) x `width` (64 in the paper). The last max-pool covers the
+    whole remaining map (4x4 for 32x32 inputs), so the classifier sees a plain channel axis. The table's last
+    Linear reads "input=512", a typo for 256 (the previous layer's output).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int = 32, width: int = 64):
+        super().__init__()
+        if image_size < 8:
+            raise LtrayError(f"conv8 needs images of at least 8x8 pixels, got {image_size}")
+        c = [in_channels] + [width * m for m in (1, 1, 2, 2, 4, 4, 8, 8, 8)]
+        self.convs = nn.ModuleList(nn.Conv2d(c[i], c[i + 1], 3, padding=1) for i in range(9))
+        self.last_pool = image_size // 8  # map size left after three 2x2 pools
+        self.fc1 = nn.Linear(c[-1], 4 * width)
+        self.fc2 = nn.Linear(4 * width, 4 * width)
+        self.fc3 = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            x = torch.relu(conv(x))
+            if i in (1, 3, 5):
+                x = torch.max_pool2d(x, 2)
+            elif i == 7:
+                x = torch.max_pool2d(x, self.last_pool)
+        x = x.flatten(1)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def _resnet18(in_channels: int, num_classes: int, image_size: int, width: int) -> nn.Module:
+    import torchvision
+
+    if width != 64:
+        raise LtrayError("resnet18 has torchvision's fixed widths; --width is not supported for it")
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    if image_size <= 64:  # CIFAR stem: 3x3 stride-1 conv, no max-pool, so 32x32 maps are not shrunk to 1x1
+        model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    return model
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+                width: int | None = None, seed: int = 0, depth: int = 1) -> nn.Module:
+    """A freshly initialised model; the same arguments and seed give bit-identical parameters."""
+    if name not in MODELS:
+        raise LtrayError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    width = DEFAULT_WIDTH[name] if width is None else width
+    if width < 1 or num_classes < 1:
+        raise LtrayError(f"model width and num_classes must be >= 1, got {width} and {num_classes}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "mlp":
+            model = MLP(in_channels * image_size * image_size, width, num_classes, depth)
+        elif name == "conv8":
+            model = Conv8(in_channels, num_classes, image_size, width)
+        else:
+            model = _resnet18(in_channels, num_classes, image_size, width)
+    return model
+
+
+def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's state_dict (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
