@@ -1,0 +1,178 @@
+"""Learning trajectories (paper Sec. 3.3): actual checkpoints or linear [theta^0 : theta^T] with a lambda
+schedule, kept as one flat float32 array (checkpoints x parameters) so they travel zero-copy through Ray's
+object store, and stored as safetensors (never pickle) with a JSON header under metadata key "ltray".
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import LtrayError
+
+SCHEDULES = ("uniform", "cosine")
+State = dict[str, torch.Tensor]
+
+
+def lambda_schedule(T: int, schedule: str = "uniform") -> np.ndarray:
+    """lambda_0..lambda_T with lambda_0 = 0 and lambda_T = 1 exactly.
+
+    uniform: lambda_t = t/T.  cosine: lambda_{t+1} - lambda_t proportional to 1 + cos(pi t / T), so the
+    steps shrink towards the end like a cosine-annealed learning rate.
+    """
+    if T < 1:
+        raise LtrayError(f"trajectory length T must be >= 1, got {T}")
+    if schedule == "uniform":
+        lam = np.arange(T + 1, dtype=np.float64) / T
+    elif schedule == "cosine":
+        alpha = 1.0 + np.cos(np.pi * np.arange(T) / T)
+        lam = np.concatenate([[0.0], np.cumsum(alpha) / alpha.sum()])
+    else:
+        raise LtrayError(f"unknown lambda schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    lam[-1] = 1.0
+    return lam
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names, shapes and dtypes of a state_dict, in order: maps it to and from one flat float32 vector."""
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, state: State) -> "Layout":
+        return cls(tuple(state), tuple(tuple(v.shape) for v in state.values()),
+                   tuple(str(v.dtype).removeprefix("torch.") for v in state.values()))
+
+    @property
+    def size(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    def flatten(self, state: State) -> np.ndarray:
+        return torch.cat([state[k].detach().reshape(-1).float().cpu() for k in self.names]).numpy()
+
+    def unflatten(self, flat: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> State:
+        flat = torch.as_tensor(flat)
+        out, i = {}, 0
+        for k, shape, dtype in zip(self.names, self.shapes, self.dtypes):
+            n = math.prod(shape)
+            out[k] = flat[i:i + n].reshape(shape).to(device=device, dtype=getattr(torch, dtype))
+            i += n
+        return out
+
+    def describe_mismatch(self, other: "Layout") -> str | None:
+        """None when both layouts hold the same tensors, else a short description of the first difference."""
+        if set(self.names) != set(other.names):
+            extra = sorted(set(self.names) ^ set(other.names))
+            return f"tensor names differ (e.g. {extra[0]!r})"
+        mine = dict(zip(self.names, self.shapes))
+        for k, s in zip(other.names, other.shapes):
+            if mine[k] != s:
+                return f"tensor {k!r} has shape {list(mine[k])} here but {list(s)} in the model"
+        return None
+
+
+@dataclass
+class Trajectory:
+    """Checkpoints theta^0..theta^E of one training run, as a (E+1, N) float32 array, plus its header."""
+    layout: Layout
+    checkpoints: np.ndarray
+    meta: dict
+
+    def __len__(self) -> int:
+        return self.checkpoints.shape[0]
+
+    def state(self, i: int, device: str | torch.device = "cpu") -> State:
+        return self.layout.unflatten(self.checkpoints[i], device)
+
+    def linear(self, T: int, schedule: str = "uniform") -> "StateSequence":
+        """[theta^0 : theta^E] with T steps."""
+        lam = lambda_schedule(T, schedule)
+        first, last = torch.from_numpy(self.checkpoints[0]), torch.from_numpy(self.checkpoints[-1])
+        return StateSequence(self.layout, lambda t: torch.lerp(first, last, float(lam[t])), T + 1, lam)
+
+    def actual(self, T: int) -> "StateSequence":
+        """T steps of the saved checkpoints, evenly spaced from the first to the last."""
+        E = len(self) - 1
+        if not 1 <= T <= E:
+            raise LtrayError(f"an actual trajectory of {E} epochs supports 1 <= T <= {E}, got T={T}")
+        idx = np.rint(np.linspace(0, E, T + 1)).astype(int)
+        return StateSequence(self.layout, lambda t: torch.from_numpy(self.checkpoints[idx[t]]), T + 1, idx / E)
+
+
+class StateSequence(Sequence):
+    """A lazily materialised sequence of state dicts theta^0..theta^T (flat vectors until asked for)."""
+
+    def __init__(self, layout: Layout, flat_at, length: int, lambdas: np.ndarray):
+        self.layout, self._flat_at, self._len, self.lambdas = layout, flat_at, length, np.asarray(lambdas, float)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, t: int) -> State:
+        if not -self._len <= t < self._len:
+            raise IndexError(t)
+        return self.layout.unflatten(self._flat_at(t % self._len))
+
+    @property
+    def T(self) -> int:
+        return self._len - 1
+
+
+# ---- storage -------------------------------------------------------------------------------------------
+
+def atomic_path(path: Path):
+    """A temp file beside `path`; the caller writes it, then os.replace(tmp, path) publishes it whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_trajectory(traj: Trajectory, path: str | os.PathLike) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    header = dict(traj.meta, layout={"names": list(traj.layout.names), "shapes": [list(s) for s in traj.layout.shapes],
+                                      "dtypes": list(traj.layout.dtypes)})
+    tmp = atomic_path(path)
+    try:
+        save_file({"checkpoints": torch.from_numpy(np.ascontiguousarray(traj.checkpoints))}, str(tmp),
+                  metadata={"ltray": json.dumps(header)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_trajectory(path: str | os.PathLike) -> Trajectory:
+    """Load and validate a trajectory file; any defect is a one-line LtrayError naming the file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise LtrayError(f"trajectory file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {})["ltray"])
+            checkpoints = f.get_tensor("checkpoints").numpy()
+        lay = header.pop("layout")
+        layout = Layout(tuple(lay["names"]), tuple(tuple(s) for s in lay["shapes"]), tuple(lay["dtypes"]))
+    except Exception as e:  # safetensors raises several types for truncated or corrupted files
+        raise LtrayError(f"trajectory file {path} is corrupted or not an ltray trajectory "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    if checkpoints.ndim != 2 or checkpoints.shape[1] != layout.size or checkpoints.shape[0] < 2:
+        raise LtrayError(f"trajectory file {path} holds checkpoints of shape {list(checkpoints.shape)}, "
+                         f"which does not fit its header ({layout.size} values per checkpoint, >= 2 checkpoints)")
+    if not np.isfinite(checkpoints).all():
+        bad = int(np.argwhere(~np.isfinite(checkpoints))[0, 0])
+        raise LtrayError(f"trajectory file {path} contains NaN or Inf values (checkpoint {bad})")
+    return Trajectory(layout, checkpoints, header)

@@ -1,0 +1,229 @@
+"""Learning transfer (paper Sec. 3-4): theta2^t = theta2^0 + pi_t(theta1^t - theta1^0).
+
+A method is a small generator that yields pi_1..pi_T, choosing which pairs to feed the one `Matcher`:
+  naive  - the identity;
+  oracle - one pair (theta2^T - theta2^0, theta1^T - theta1^0), with theta2^T actually trained;
+  gmt    - Algorithm 1: at step s, fresh gradients at theta1^{t-1}, theta2^{t-1} for t = 1..s (O(T^2));
+  fgmt   - Algorithm 2: one new gradient pair per step, older pairs cached (O(T)).
+`transfer` drives a method, evaluating every step's theta2^t on the validation split.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import DataBundle, batches
+from .errors import LtrayError
+from .matching import Matcher
+from .models import has_batchnorm
+from .symmetry import Permutation, PermutationSpec, apply_permutation, identity_permutation
+from .train import evaluate, gradient, reset_bn_stats
+from .trajectory import SCHEDULES, State
+
+METHODS = ("naive", "oracle", "gmt", "fgmt")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Hyper-parameters of a transfer (paper B.3.3); defaults are the paper's MNIST setting."""
+    T: int = 10
+    schedule: str = "cosine"          # lambda schedule of the linear trajectory
+    trajectory: str = "linear"        # "linear" [theta^0 : theta^T] or "actual" checkpoints
+    batch_size: int = 128             # B: samples per gradient (a multiple of loader_batch_size is fine)
+    loader_batch_size: int = 128      # chunk in which a gradient batch is computed
+    bn_samples: int = 256             # B': samples used to reset BatchNorm statistics (BN models only)
+    solver: str = "scipy"             # assignment solver, see ltray.lap
+    max_iter: int = 100               # coordinate-descent sweeps per solve
+
+    def __post_init__(self):
+        if self.T < 1:
+            raise LtrayError(f"trajectory length T must be >= 1, got {self.T}")
+        if self.batch_size < 1 or self.loader_batch_size < 1 or self.bn_samples < 1:
+            raise LtrayError(f"batch sizes must be >= 1, got B={self.batch_size}, loader={self.loader_batch_size}, "
+                             f"B'={self.bn_samples}")
+        if self.schedule not in SCHEDULES:
+            raise LtrayError(f"unknown lambda schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
+        if self.trajectory not in ("linear", "actual"):
+            raise LtrayError(f"unknown trajectory kind {self.trajectory!r}; known: linear, actual")
+
+
+class Profile(defaultdict):
+    """Seconds per part of the work (gradients, cost products, solves, evaluation, ...)."""
+
+    def __init__(self):
+        super().__init__(float)
+
+    @contextmanager
+    def time(self, part: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[part] += time.perf_counter() - t0
+
+
+@dataclass
+class TransferContext:
+    model: nn.Module
+    spec: PermutationSpec
+    source: Sequence[State]           # theta1^0..theta1^T
+    theta2_0: State
+    data: DataBundle
+    cfg: TransferConfig
+    seed: int
+    target_final: State | None = None
+    profile: Profile = field(default_factory=Profile)
+
+    def __post_init__(self):
+        self.device = next(iter(self.theta2_0.values())).device
+        self.delta0 = self.source[0]
+        self._stream = self._batch_stream()
+
+    def transferred(self, perm: Permutation, t: int) -> State:
+        """theta2^0 + pi (theta1^t - theta1^0); integer buffers (BN counters) stay theta2^0's."""
+        delta = {k: (v - self.delta0[k]).to(self.device) for k, v in self.source[t].items()
+                 if v.is_floating_point()}
+        moved = apply_permutation(self.spec, perm, delta)
+        return {k: v + moved[k] if k in moved else v for k, v in self.theta2_0.items()}
+
+    def _batch_stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed)
+        while True:
+            yield from batches(self.data.train, self.cfg.batch_size, gen, drop_last=True)
+
+    def next_batch(self):
+        return next(self._stream)
+
+    def prepared(self, state: State) -> State:
+        """BatchNorm statistics recomputed over B' training samples (no-op for models without BN)."""
+        if not has_batchnorm(self.model):
+            return state
+        with self.profile.time("bn_reset"):
+            gen = torch.Generator().manual_seed(self.seed + 1)
+            return reset_bn_stats(self.model, state, self.data.train, self.cfg.bn_samples, gen)
+
+    def gradient_pair(self, theta1: State, theta2: State) -> tuple[State, State]:
+        """(g2, g1) on the same mini-batch."""
+        x, y = self.next_batch()
+        theta1, theta2 = self.prepared(theta1), self.prepared(theta2)
+        with self.profile.time("gradients"):
+            chunk = self.cfg.loader_batch_size
+            return (gradient(self.model, theta2, x, y, chunk), gradient(self.model, theta1, x, y, chunk))
+
+    def matcher(self) -> Matcher:
+        return Matcher(self.spec, self.cfg.solver)
+
+    def solve(self, matcher: Matcher, init: Permutation, seed: int) -> Permutation:
+        with self.profile.time("solves"):
+            return matcher.solve(init=init, seed=seed, max_iter=self.cfg.max_iter)
+
+    def add_pair(self, matcher: Matcher, target: State, source: State) -> None:
+        with self.profile.time("cost_products"):
+            matcher.add_pair(target, source)
+
+
+def naive(ctx: TransferContext) -> Iterator[Permutation]:
+    identity = identity_permutation(ctx.spec)
+    for _ in range(ctx.cfg.T):
+        yield identity
+
+
+def oracle(ctx: TransferContext) -> Iterator[Permutation]:
+    if ctx.target_final is None:
+        raise LtrayError("the oracle method needs the actually trained target theta2^T")
+    matcher = ctx.matcher()
+    theta1_T = ctx.source[ctx.cfg.T]
+    params = dict(ctx.model.named_parameters())
+    d2 = {k: ctx.target_final[k].to(ctx.device) - ctx.theta2_0[k] for k in params}
+    d1 = {k: (theta1_T[k] - ctx.delta0[k]).to(ctx.device) for k in params}
+    ctx.add_pair(matcher, d2, d1)
+    perm = ctx.solve(matcher, identity_permutation(ctx.spec), ctx.seed)
+    for _ in range(ctx.cfg.T):
+        yield perm
+
+
+def fgmt(ctx: TransferContext) -> Iterator[Permutation]:
+    matcher, perm = ctx.matcher(), identity_permutation(ctx.spec)
+    for s in range(1, ctx.cfg.T + 1):
+        g2, g1 = ctx.gradient_pair(ctx.source[s - 1], ctx.transferred(perm, s - 1))
+        ctx.add_pair(matcher, g2, g1)
+        perm = ctx.solve(matcher, perm, ctx.seed + s)
+        yield perm
+
+
+def gmt(ctx: TransferContext) -> Iterator[Permutation]:
+    perm = identity_permutation(ctx.spec)
+    for s in range(1, ctx.cfg.T + 1):
+        matcher = ctx.matcher()
+        for t in range(1, s + 1):  # recompute every gradient under the latest permutation pi_{s-1}
+            g2, g1 = ctx.gradient_pair(ctx.source[t - 1], ctx.transferred(perm, t - 1))
+            ctx.add_pair(matcher, g2, g1)
+        perm = ctx.solve(matcher, perm, ctx.seed + s)
+        yield perm
+
+
+METHOD_FNS: dict[str, Callable[[TransferContext], Iterator[Permutation]]] = {
+    "naive": naive, "oracle": oracle, "gmt": gmt, "fgmt": fgmt}
+
+
+@dataclass
+class TransferResult:
+    method: str
+    lambdas: np.ndarray            # lambda_0..lambda_T of the source trajectory used
+    val_loss: list[float]          # t = 0..T (t = 0 is theta2^0 itself)
+    val_acc: list[float]
+    seconds: list[float]           # wall time of the transfer up to and including step t
+    perms: list[Permutation]       # pi_1..pi_T
+    final: State                   # theta2^T
+    best: State                    # theta2^t at the best validation accuracy (t >= 1)
+    best_step: int
+    profile: dict[str, float]
+
+    def rows(self) -> list[dict]:
+        return [{"method": self.method, "t": t, "lambda": float(self.lambdas[t]), "val_acc": self.val_acc[t],
+                 "val_loss": self.val_loss[t], "seconds": self.seconds[t]} for t in range(len(self.val_acc))]
+
+
+def transfer(method: str, model: nn.Module, spec: PermutationSpec, source: Sequence[State], theta2_0: State,
+             data: DataBundle, cfg: TransferConfig, seed: int = 0, target_final: State | None = None,
+             extra_seconds: float = 0.0, progress: bool = False) -> TransferResult:
+    """Transfer `source` (theta1^0..theta1^T, T = cfg.T) onto theta2_0 with `method`, evaluating each step.
+
+    `seed` fixes the gradient mini-batches and the coordinate-descent order; `extra_seconds` is work spent
+    before the transfer that belongs to its cost (the oracle's target training) and is added to `seconds`.
+    """
+    if method not in METHOD_FNS:
+        raise LtrayError(f"unknown transfer method {method!r}; known: {', '.join(METHODS)}")
+    if len(source) != cfg.T + 1:
+        raise LtrayError(f"source trajectory has {len(source) - 1} steps but T={cfg.T}")
+    ctx = TransferContext(model, spec, source, theta2_0, data, cfg, seed, target_final)
+    t0 = time.perf_counter() - extra_seconds
+
+    def evaluated(state: State) -> tuple[float, float]:
+        with ctx.profile.time("evaluation"):
+            return evaluate(model, ctx.prepared(state), data.val)
+
+    loss, acc = evaluated(theta2_0)
+    losses, accs, seconds, perms = [loss], [acc], [extra_seconds], []
+    best_acc, best_step, best, final = -1.0, 0, theta2_0, theta2_0
+    steps = METHOD_FNS[method](ctx)
+    for t in tqdm(range(1, cfg.T + 1), desc=method, disable=not progress, leave=False):
+        perm = next(steps)
+        state = ctx.transferred(perm, t)
+        loss, acc = evaluated(state)
+        seconds.append(time.perf_counter() - t0)
+        losses.append(loss); accs.append(acc); perms.append(perm)
+        if acc > best_acc:
+            best_acc, best_step, best = acc, t, state
+        final = state
+    lambdas = getattr(source, "lambdas", np.linspace(0, 1, cfg.T + 1))
+    return TransferResult(method, lambdas, losses, accs, seconds, perms, ctx.prepared(final), ctx.prepared(best),
+                          best_step, dict(ctx.profile))
