@@ -76,7 +76,8 @@ def _resnet18(in_channels: int, num_classes: int, image_size: int, width: int) -
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
                 width: int | None = None, seed: int = 0, depth: int = 1) -> nn.Module:
-    """A freshly initialised model; the same arguments and seed give bit-identical parameters."""
+    """A freshly initialised model; the same arguments and seed give bit-identical parameters.
+    `depth` (number of hidden layers) applies to the MLP only."""
     if name not in MODELS:
         raise LtrayError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     width = DEFAULT_WIDTH[name] if width is None else width

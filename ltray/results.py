@@ -1,0 +1,68 @@
+"""Tidy results: explicit pyarrow schemas, provenance columns, atomic Parquet writes, stable config hashes."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .trajectory import atomic_path
+
+PROVENANCE = [pa.field("config_hash", pa.string()), pa.field("ltray_version", pa.string()),
+              pa.field("torch_version", pa.string())]
+
+TRANSFER_SCHEMA = pa.schema([
+    pa.field("dataset", pa.string()), pa.field("model", pa.string()), pa.field("width", pa.int64()),
+    pa.field("method", pa.string()), pa.field("seed_source", pa.int64()), pa.field("seed_target", pa.int64()),
+    pa.field("T", pa.int64()), pa.field("schedule", pa.string()), pa.field("trajectory", pa.string()),
+    pa.field("batch_size", pa.int64()), pa.field("solver", pa.string()),
+    pa.field("t", pa.int64()), pa.field("lambda", pa.float64()),
+    pa.field("val_acc", pa.float64()), pa.field("val_loss", pa.float64()),
+    pa.field("seconds", pa.float64()), pa.field("source_train_seconds", pa.float64()),
+    *PROVENANCE,
+])
+
+
+def config_hash(*configs) -> str:
+    """A stable 12-hex-digit id of dataclasses / dicts (sha256 of sorted JSON, never Python's salted hash)."""
+    plain = [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def derive_seed(*parts) -> int:
+    """A named, reproducible seed in [0, 2^31) derived from its parts."""
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def provenance(hash_: str) -> dict:
+    import torch
+
+    return {"config_hash": hash_, "ltray_version": __version__, "torch_version": torch.__version__}
+
+
+def write_parquet(rows: list[dict] | pd.DataFrame, schema: pa.Schema, path: str | os.PathLike) -> Path:
+    """Write rows with exactly `schema`'s columns (extra keys are an error) to `path`, atomically."""
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=schema.names)
+    extra = set(df.columns) - set(schema.names)
+    if extra:
+        raise ValueError(f"columns not in the schema: {sorted(extra)}")
+    table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def summarise(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    """mean, std and n of `value` per group."""
+    return df.groupby(by)[value].agg(mean="mean", std="std", n="count").reset_index()
