@@ -164,26 +164,37 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
 
 
-COMMANDS = {
-    "train": ("train a source model and save its trajectory", cmd_train),
-    "transfer": ("transfer a source trajectory to fresh initialisations", cmd_transfer),
-}
+# Modules that add their own subcommand: each defines register(subparsers), which adds a parser and sets
+# its default `func` to the function that runs it.
+COMMAND_MODULES = ("ltray.sweep", "ltray.ensemble", "ltray.landscape")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     parser = argparse.ArgumentParser(prog="ltray", description="Transfer learning trajectories of neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help=COMMANDS["train"][0])
+    p = sub.add_parser("train", help="train a source model and save its trajectory")
+    p.set_defaults(func=cmd_train)
     add_data_args(p); add_model_args(p)
     p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
     p.add_argument("--out", required=True, help="output directory (gets trajectory.safetensors)")
-    p = sub.add_parser("transfer", help=COMMANDS["transfer"][0])
+    p = sub.add_parser("transfer", help="transfer a source trajectory to fresh initialisations")
+    p.set_defaults(func=cmd_transfer)
     add_data_args(p); add_model_args(p); add_transfer_args(p)
     p.add_argument("--methods", default="naive,oracle,gmt,fgmt", help="comma-separated: naive,oracle,gmt,fgmt")
     p.add_argument("--seeds", type=positive_int, default=1, help="number of (source, target) seed pairs")
     p.add_argument("--seed", type=int, default=0, help="base seed: pair k uses source seed+k, target seed+1000+k")
     p.add_argument("--trajectory", default=None, help="transfer this saved source instead of training one")
     p.add_argument("--out", required=True, help="output directory (gets transfer.parquet)")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
     return parser
 
 
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        COMMANDS[args.command][1](args)
+        args.func(args)
     except LtrayError as e:
         print(f"ltray {args.command}: error: {e}", file=sys.stderr)
         return 2
