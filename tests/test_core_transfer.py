@@ -1,0 +1,128 @@
+"""Transfer invariants (Algorithms 1 and 2) on the bundled digits data."""
+import numpy as np
+import pytest
+import torch
+
+import ltray
+from ltray.models import state_of
+from ltray.pipeline import DataConfig, ModelConfig, train_source, transfer_pair
+from ltray.train import gradient, reset_bn_stats
+from ltray.transfer import TransferConfig, transfer
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ltray.load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def source(digits):
+    return train_source(digits, DataConfig("digits"), ModelConfig("mlp", 64), ltray.TrainConfig(epochs=4, lr=0.1),
+                        seed=0, progress=False)
+
+
+def _model(digits, seed, width=64):
+    return ModelConfig("mlp", width).build(digits, seed)
+
+
+def test_training_is_reproducible_and_learns(digits, source):
+    again = train_source(digits, DataConfig("digits"), ModelConfig("mlp", 64), ltray.TrainConfig(epochs=4, lr=0.1),
+                         seed=0, progress=False)
+    assert np.array_equal(again.checkpoints, source.checkpoints)
+    assert len(source) == 5 and source.meta["train_seconds"] > 0
+    _, acc = ltray.evaluate(_model(digits, 0), source.state(-1), digits.val)
+    assert acc > 85
+
+
+def test_gmt_and_fgmt_agree_at_the_first_step(digits, source):
+    model = _model(digits, 7)
+    spec = ltray.spec_for(model)
+    cfg = TransferConfig(T=3, schedule="uniform", batch_size=64)
+    seq = source.linear(3, "uniform")
+    runs = {m: transfer(m, model, spec, seq, state_of(model), digits, cfg, seed=5) for m in ("gmt", "fgmt")}
+    assert all(torch.equal(runs["gmt"].perms[0][g], runs["fgmt"].perms[0][g]) for g in spec.groups)
+    assert runs["gmt"].val_acc[1] == runs["fgmt"].val_acc[1]
+
+
+def test_naive_final_is_theta2_plus_source_delta_exactly(digits, source):
+    model = _model(digits, 7)
+    theta2 = state_of(model)
+    result = transfer("naive", model, ltray.spec_for(model), source.linear(4, "cosine"), theta2, digits,
+                      TransferConfig(T=4))
+    first, last = source.state(0), source.state(-1)
+    for k in theta2:
+        assert torch.equal(result.final[k], theta2[k] + (last[k] - first[k]))
+
+
+def test_fgmt_follows_a_planted_permutation(digits, source):
+    """theta2^0 = pi* theta1^0: every transferred step must be pi* theta1^t."""
+    model = _model(digits, 0)
+    spec = ltray.spec_for(model)
+    planted = ltray.random_permutation(spec, seed=9)
+    theta2 = ltray.apply_permutation(spec, planted, source.state(0))
+    seq = source.linear(3, "uniform")
+    result = transfer("fgmt", model, spec, seq, theta2, digits, TransferConfig(T=3, schedule="uniform"), seed=1)
+    for perm in result.perms:
+        assert torch.equal(perm["P_fc1"], planted["P_fc1"])
+    expected = ltray.apply_permutation(spec, planted, seq[3])
+    assert all(torch.allclose(result.final[k], expected[k], atol=1e-6) for k in expected)
+    assert result.val_acc[3] == pytest.approx(ltray.evaluate(model, seq[3], digits.val)[1])
+
+
+def test_oracle_recovers_the_permutation_of_a_permuted_trajectory(digits, source):
+    model = _model(digits, 0)
+    spec = ltray.spec_for(model)
+    planted = ltray.random_permutation(spec, seed=3)
+    theta2 = ltray.apply_permutation(spec, planted, source.state(0))
+    target = ltray.apply_permutation(spec, planted, source.state(-1))
+    result = transfer("oracle", model, spec, source.linear(2), theta2, digits, TransferConfig(T=2), target_final=target)
+    assert torch.equal(result.perms[-1]["P_fc1"], planted["P_fc1"])
+
+
+def test_transfer_pair_rows_and_seeds(digits, source):
+    cfg = TransferConfig(T=2, batch_size=32)
+    out = transfer_pair(digits, ModelConfig("mlp", 64), ltray.TrainConfig(epochs=4, lr=0.1), cfg,
+                        ("naive", "oracle", "fgmt"), source, seed_target=1000, seed=3)
+    again = transfer_pair(digits, ModelConfig("mlp", 64), ltray.TrainConfig(epochs=4, lr=0.1), cfg,
+                          ("fgmt",), source, seed_target=1000, seed=3)
+    assert out.results["fgmt"].val_acc == again.results["fgmt"].val_acc
+    rows = out.results["oracle"].rows()
+    assert [r["t"] for r in rows] == [0, 1, 2] and rows[-1]["lambda"] == 1.0
+    assert rows[1]["seconds"] >= out.target_train_seconds > 0
+    assert out.results["oracle"].best_step >= 1
+
+
+def test_gradient_in_chunks_equals_one_batch(digits):
+    model = _model(digits, 0)
+    x, y = digits.train.x[:64], digits.train.y[:64]
+    whole, chunked = gradient(model, state_of(model), x, y), gradient(model, state_of(model), x, y, chunk=16)
+    assert all(torch.allclose(whole[k], chunked[k], atol=1e-6) for k in whole)
+    assert set(whole) == {k for k, _ in model.named_parameters()}
+
+
+def test_bn_reset_is_the_exact_mean_over_samples():
+    from ltray.data import Split
+
+    model = ltray.build_model("resnet18", in_channels=1, image_size=8)
+    gen = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(40, 1, 8, 8, generator=gen) * 3 + 1, torch.zeros(40, dtype=torch.long))
+    state = reset_bn_stats(model, state_of(model), split, 40, batch_size=40, generator=gen)
+    x = split.x
+    mean = torch.nn.functional.conv2d(x, state["conv1.weight"], padding=1).mean(dim=(0, 2, 3))
+    assert torch.allclose(state["bn1.running_mean"], mean, atol=1e-5)
+    # in chunks, the cumulative average of the chunk means is the same number
+    chunked = reset_bn_stats(model, state_of(model), split, 40, batch_size=10, generator=gen)
+    assert torch.allclose(chunked["bn1.running_mean"], mean, atol=1e-5)
+
+
+def test_bn_model_transfer_runs_with_statistics_reset(digits):
+    """A BatchNorm model through FGMT end to end (tiny conv-free check on the 8x8 digits with ResNet-18)."""
+    small = ltray.load_dataset("digits", max_train=64)
+    model = ltray.build_model("resnet18", num_classes=10, in_channels=1, image_size=8, seed=0)
+    traj = ltray.train(model, state_of(model), small.train, ltray.TrainConfig(epochs=1, batch_size=32, lr=0.05),
+                       seed=0, progress=False)
+    target = ltray.build_model("resnet18", num_classes=10, in_channels=1, image_size=8, seed=1)
+    cfg = TransferConfig(T=1, batch_size=32, loader_batch_size=16, bn_samples=32)
+    result = transfer("fgmt", model, ltray.spec_for(model), traj.linear(1), state_of(target), small, cfg)
+    assert len(result.val_acc) == 2 and result.profile["bn_reset"] > 0
+    assert float(result.final["bn1.num_batches_tracked"]) > 0
