@@ -108,11 +108,12 @@ class PairOutcome:
 
 def transfer_pair(data: DataBundle, model_cfg: ModelConfig, train_cfg: TrainConfig, transfer_cfg: TransferConfig,
                   methods: tuple[str, ...], source: Trajectory, seed_target: int, device: str = "cpu",
-                  progress: bool = False, seed: int | None = None) -> PairOutcome:
+                  progress: bool = False, seed: int | None = None, target: Trajectory | None = None) -> PairOutcome:
     """Transfer `source` onto build_model(seed=seed_target) with each method (same mini-batches for all).
 
-    The oracle trains the target itself with `train_cfg` (data order from seed_target); that training time
-    is part of the oracle's transfer seconds."""
+    The oracle needs the actually trained target: `target` when given (trained from the same theta2^0),
+    else it is trained here with `train_cfg` (data order from seed_target). Either way its training time is
+    part of the oracle's transfer seconds."""
     seed_source = int(source.meta.get("seed", 0))
     model = model_cfg.build(data, seed_target).to(device)
     check_trajectory(source, model)
@@ -122,6 +123,9 @@ def transfer_pair(data: DataBundle, model_cfg: ModelConfig, train_cfg: TrainConf
         else source.actual(transfer_cfg.T)
     seed = seed_target if seed is None else seed
     target_final, target_seconds = None, 0.0
+    if target is not None:
+        check_trajectory(target, model, "target trajectory")
+        target_final, target_seconds = target.state(-1, device), float(target.meta.get("train_seconds", 0.0))
     results = {}
     for method in methods:
         extra = 0.0
