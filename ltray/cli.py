@@ -119,9 +119,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({len(traj) - 1} epochs, {traj.meta['train_seconds']:.1f} s of training)")
 
 
+def pair_rows(data, *, data_cfg, model_cfg, train_cfg, transfer_cfg, methods: tuple[str, ...], source,
+              seed_target: int, run_id: str, device: str = "cpu", progress: bool = False) -> list[dict]:
+    """One (source, target) pair transferred with every method, as TRANSFER_SCHEMA rows. The same call runs
+    in-process or as a Ray task (ltray.engine), so both paths give the same numbers."""
+    from .pipeline import transfer_pair
+    from .results import derive_seed, provenance
+
+    seed_source = int(source.meta.get("seed", 0))
+    outcome = transfer_pair(data, model_cfg, train_cfg, transfer_cfg, methods, source, seed_target, device,
+                            progress=progress, seed=derive_seed("transfer", seed_source, seed_target))
+    return [dict(row, dataset=data_cfg.name, model=model_cfg.name, width=int(source.meta.get("width", 0)),
+                 seed_source=seed_source, seed_target=seed_target, T=transfer_cfg.T, schedule=transfer_cfg.schedule,
+                 trajectory=transfer_cfg.trajectory, batch_size=transfer_cfg.batch_size, solver=transfer_cfg.solver,
+                 source_train_seconds=outcome.source_train_seconds, **provenance(run_id))
+            for result in outcome.results.values() for row in result.rows()]
+
+
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from .pipeline import check_names, default_device, train_source, transfer_pair
-    from .results import TRANSFER_SCHEMA, config_hash, derive_seed, provenance, summarise, write_parquet
+    from .pipeline import check_names, default_device, train_source
+    from .results import TRANSFER_SCHEMA, config_hash, summarise, write_parquet
     from .trajectory import load_trajectory
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -130,29 +147,46 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     check_names(args.dataset, args.model, methods)
     data_cfg, model_cfg, train_cfg, transfer_cfg = configs_from_args(args)
     out = check_out_dir(args.out)
+    use_ray = args.ray if args.ray is not None else (args.seeds > 1 or args.address is not None)
+    if use_ray:
+        from . import engine
+        resources = engine.resources_from_args(args)  # bad resource flags fail before any loading
     given = load_trajectory(args.trajectory) if args.trajectory else None
-    device = args.device or default_device()
     data = data_cfg.load()
     if given is not None:  # fail on an architecture mismatch before any training
         from .pipeline import check_trajectory
         check_trajectory(given, model_cfg.build(data, 0), f"--trajectory {args.trajectory}")
     run_id = config_hash(data_cfg, model_cfg, train_cfg, transfer_cfg, {"methods": methods})
+    # pair k: source seed+k (or the given trajectory), target seed+1000+k
+    pairs = [(int(given.meta.get("seed", 0)) if given else args.seed + k, args.seed + 1000 + k)
+             for k in range(args.seeds)]
+    job = dict(data_cfg=data_cfg, model_cfg=model_cfg, train_cfg=train_cfg, transfer_cfg=transfer_cfg,
+               methods=methods, run_id=run_id)
     rows, t0 = [], time.perf_counter()
-    for k in range(args.seeds):
-        seed_source = int(given.meta.get("seed", 0)) if given else args.seed + k
-        seed_target = args.seed + 1000 + k
-        source = given or train_source(data, data_cfg, model_cfg, train_cfg, seed_source, device,
-                                       progress=not args.no_progress)
-        outcome = transfer_pair(data, model_cfg, train_cfg, transfer_cfg, methods, source, seed_target, device,
-                                progress=not args.no_progress, seed=derive_seed("transfer", seed_source, seed_target))
-        for method, result in outcome.results.items():
-            for row in result.rows():
-                rows.append(dict(row, dataset=data_cfg.name, model=model_cfg.name,
-                                 width=int(source.meta.get("width", 0)), seed_source=seed_source,
-                                 seed_target=seed_target, T=transfer_cfg.T, schedule=transfer_cfg.schedule,
-                                 trajectory=transfer_cfg.trajectory, batch_size=transfer_cfg.batch_size,
-                                 solver=transfer_cfg.solver, source_train_seconds=outcome.source_train_seconds,
-                                 **provenance(run_id)))
+    if not use_ray:
+        device = args.device or default_device()
+        for seed_source, seed_target in pairs:
+            source = given or train_source(data, data_cfg, model_cfg, train_cfg, seed_source, device,
+                                           progress=not args.no_progress)
+            rows += pair_rows(data, source=source, seed_target=seed_target, device=device,
+                              progress=not args.no_progress, **job)
+    else:
+        with engine.session(args.num_cpus, args.address):
+            resources, max_in_flight = engine.resolve_from_args(args)
+            import ray
+            store, data_ref = engine.TrajectoryStore.remote(), engine.put_data(data)
+            if given is not None:
+                sources = dict.fromkeys({s for s, _ in pairs}, ray.get(store.put.remote("given", given))[0])
+            else:  # one source per seed, trained in tasks whose results the store owns
+                seeds = sorted({s for s, _ in pairs})
+                refs = ray.get([store.train.remote(f"s{s}", [data_ref], resources, data_cfg=data_cfg,
+                                                   model_cfg=model_cfg, train_cfg=train_cfg, seed=s) for s in seeds])
+                sources = {s: r[0] for s, r in zip(seeds, refs)}
+            done = engine.fan_out(lambda pair: engine.submit(pair_rows, data_ref, resources, source=sources[pair[0]],
+                                                             seed_target=pair[1], **job),
+                                  pairs, max_in_flight, desc="transfers", progress=not args.no_progress)
+            for _, output in done:
+                rows += output.value
     path = write_parquet(rows, TRANSFER_SCHEMA, out / "transfer.parquet")
     import pandas as pd
     df = pd.DataFrame(rows)
@@ -187,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed: pair k uses source seed+k, target seed+1000+k")
     p.add_argument("--trajectory", default=None, help="transfer this saved source instead of training one")
     p.add_argument("--out", required=True, help="output directory (gets transfer.parquet)")
+    p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
+                   help="fan the seed pairs out as Ray tasks (default: when --seeds > 1 or --address is given)")
+    from .engine import add_ray_args
+    add_ray_args(p)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)

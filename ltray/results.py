@@ -28,6 +28,44 @@ TRANSFER_SCHEMA = pa.schema([
     *PROVENANCE,
 ])
 
+# ---- Ray engine (ltray.ensemble, ltray.sweep; issue 3) ----------------------------------------------------
+_ARCH = [pa.field("dataset", pa.string()), pa.field("model", pa.string()), pa.field("width", pa.int64())]
+
+# One row per ensemble member. kind: "transferred" (transfer to seed, best step, Adam fine-tuning), "full"
+# (trained from seed like the source) or "source". Transfer-only columns are null for the other kinds;
+# test_acc is the member's final accuracy (after fine-tuning for transferred members).
+MEMBERS_SCHEMA = pa.schema([
+    *_ARCH, pa.field("kind", pa.string()), pa.field("method", pa.string()), pa.field("seed_source", pa.int64()),
+    pa.field("seed", pa.int64()), pa.field("transfer_seed", pa.int64()), pa.field("T", pa.int64()),
+    pa.field("best_step", pa.int64()), pa.field("val_acc_transfer", pa.float64()),
+    pa.field("test_acc_transfer", pa.float64()), pa.field("test_acc_finetuned", pa.float64()),
+    pa.field("test_acc", pa.float64()), pa.field("epochs", pa.int64()), pa.field("lr", pa.float64()),
+    pa.field("transfer_seconds", pa.float64()), pa.field("train_seconds", pa.float64()),
+    pa.field("seconds", pa.float64()), *PROVENANCE,
+])
+
+# One row per ensemble (mean of the members' test softmax). seconds is the total compute of the ensemble:
+# its members' seconds plus, for transferred ensembles, the source's training (source_seconds).
+ENSEMBLE_SCHEMA = pa.schema([
+    *_ARCH, pa.field("kind", pa.string()), pa.field("method", pa.string()), pa.field("size", pa.int64()),
+    pa.field("seed_source", pa.int64()), pa.field("seeds", pa.string()), pa.field("test_acc", pa.float64()),
+    pa.field("member_acc_mean", pa.float64()), pa.field("member_acc_std", pa.float64()),
+    pa.field("epochs_per_member", pa.int64()), pa.field("source_seconds", pa.float64()),
+    pa.field("seconds", pa.float64()), *PROVENANCE,
+])
+
+# One row per Tune trial: the searched parameters, every metric, and which one was the objective.
+SWEEP_SCHEMA = pa.schema([
+    pa.field("trial_id", pa.string()), pa.field("status", pa.string()), *_ARCH,
+    pa.field("seed_source", pa.int64()), pa.field("seed_target", pa.int64()),
+    pa.field("T", pa.int64()), pa.field("batch_size", pa.int64()), pa.field("schedule", pa.string()),
+    pa.field("method", pa.string()), pa.field("finetune_lr", pa.float64()), pa.field("finetune_epochs", pa.int64()),
+    pa.field("objective", pa.string()), pa.field("objective_value", pa.float64()),
+    pa.field("best_val_acc", pa.float64()), pa.field("final_val_acc", pa.float64()), pa.field("best_step", pa.int64()),
+    pa.field("finetuned_val_acc", pa.float64()), pa.field("transfer_seconds", pa.float64()),
+    pa.field("seconds", pa.float64()), pa.field("error", pa.string()), *PROVENANCE,
+])
+
 
 def config_hash(*configs) -> str:
     """A stable 12-hex-digit id of dataclasses / dicts (sha256 of sorted JSON, never Python's salted hash)."""
