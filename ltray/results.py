@@ -67,6 +67,44 @@ SWEEP_SCHEMA = pa.schema([
 ])
 
 
+# ---- analyses (ltray.analysis, ltray.landscape; issue 4) -----------------------------------------------
+# scenario: "random" (both inits random) or "pretrained" (both inits pre-trained on pretrain_dataset with
+# pretrain_classes, source fine-tuned on dataset/classes with a fresh head). classes are "5,6,7,8,9" or null.
+_SCENARIO = [pa.field("scenario", pa.string()), pa.field("dataset", pa.string()), pa.field("classes", pa.string()),
+             pa.field("pretrain_dataset", pa.string()), pa.field("pretrain_classes", pa.string()),
+             pa.field("model", pa.string()), pa.field("width", pa.int64()),
+             pa.field("seed_source", pa.int64()), pa.field("seed_target", pa.int64())]
+
+# One row per (method, t) of a transfer; ablations vary schedule / trajectory.
+SCENARIO_TRANSFER_SCHEMA = pa.schema([
+    *_SCENARIO, pa.field("method", pa.string()), pa.field("T", pa.int64()), pa.field("schedule", pa.string()),
+    pa.field("trajectory", pa.string()), pa.field("batch_size", pa.int64()), pa.field("solver", pa.string()),
+    pa.field("t", pa.int64()), pa.field("lambda", pa.float64()), pa.field("val_acc", pa.float64()),
+    pa.field("val_loss", pa.float64()), pa.field("seconds", pa.float64()), *PROVENANCE,
+])
+
+# Subsequent training (paper Sec. 4.2): one row per (start, epoch); start is a method or "standard".
+SUBSEQUENT_SCHEMA = pa.schema([
+    *_SCENARIO, pa.field("start", pa.string()), pa.field("start_step", pa.int64()), pa.field("lr", pa.float64()),
+    pa.field("epoch", pa.int64()), pa.field("val_acc", pa.float64()), pa.field("val_loss", pa.float64()),
+    pa.field("seconds", pa.float64()), *PROVENANCE,
+])
+
+# 1-D landscape: one row per point alpha of the path (1 - alpha) a + alpha b; barrier is the path's loss
+# barrier (repeated on its rows). Experiment rows carry scenario, seeds, method and case; CLI rows leave them null.
+PATH_SCHEMA = pa.schema([
+    *_SCENARIO, pa.field("method", pa.string()), pa.field("case", pa.string()), pa.field("point_a", pa.string()),
+    pa.field("point_b", pa.string()), pa.field("split", pa.string()), pa.field("alpha", pa.float64()),
+    pa.field("loss", pa.float64()), pa.field("acc", pa.float64()), pa.field("barrier", pa.float64()), *PROVENANCE,
+])
+
+# 2-D landscape (Garipov et al. 2018): grid rows have point null; the three anchor points have their label.
+PLANE_SCHEMA = pa.schema([
+    *_SCENARIO, pa.field("split", pa.string()), pa.field("point", pa.string()), pa.field("u", pa.float64()),
+    pa.field("v", pa.float64()), pa.field("loss", pa.float64()), pa.field("acc", pa.float64()), *PROVENANCE,
+])
+
+
 def config_hash(*configs) -> str:
     """A stable 12-hex-digit id of dataclasses / dicts (sha256 of sorted JSON, never Python's salted hash)."""
     plain = [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs]

@@ -1,0 +1,31 @@
+"""Ablations of the source trajectory (paper Sec. 3.3, Fig. 3): the linear trajectory [theta1^0 : theta1^T]
+with the cosine vs the uniform lambda schedule, and the linear trajectory vs the actual per-epoch checkpoints.
+Every method is transferred for each variant, from the same trained source and target.
+Writes <scenario>_ablation.parquet and .png.
+
+    python experiments/ablations.py --smoke --out /tmp/smoke
+    nice python experiments/ablations.py --data-root /work/shared/datasets --cache /tmp/ltray-cache \
+        --out experiments/results
+"""
+import sys
+
+from ltray.analysis import transfer_rows
+from ltray.experiment import main, variant
+from ltray.plots import ablation_figure
+from ltray.results import SCENARIO_TRANSFER_SCHEMA
+
+VARIANTS = (("linear", "cosine"), ("linear", "uniform"), ("actual", "cosine"))
+
+
+def body(exp):
+    rows = []
+    for _, _, source, target in exp.trajectories():
+        for trajectory, schedule in VARIANTS:
+            scenario = variant(exp.scenario, trajectory, schedule)
+            run = exp.transfer(source, target, scenario=scenario)
+            rows += transfer_rows(scenario, run, exp.run_id(VARIANTS))
+    exp.publish("ablation", rows, SCENARIO_TRANSFER_SCHEMA, ablation_figure(rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main(body, __doc__, "ablation"))

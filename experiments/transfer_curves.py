@@ -1,0 +1,26 @@
+"""Validation accuracy of the transferred theta2^t at every step t, per method (paper Sec. 4.1, Fig. 4), for
+random initialisations (--scenario random) or pre-trained ones fine-tuned on another task (--scenario
+pretrained). Writes <scenario>_transfer.parquet and .png.
+
+    python experiments/transfer_curves.py --smoke --out /tmp/smoke
+    nice python experiments/transfer_curves.py --scenario pretrained --data-root /work/shared/datasets \
+        --cache /tmp/ltray-cache --out experiments/results
+"""
+import sys
+
+from ltray.analysis import transfer_rows
+from ltray.experiment import main
+from ltray.plots import transfer_figure
+from ltray.results import SCENARIO_TRANSFER_SCHEMA
+
+
+def body(exp):
+    rows = []
+    for run in exp.runs():
+        rows += transfer_rows(exp.scenario, run, exp.run_id())
+    exp.publish("transfer", rows, SCENARIO_TRANSFER_SCHEMA,
+                transfer_figure(rows, chance=100.0 / exp.data.task.num_classes))
+
+
+if __name__ == "__main__":
+    sys.exit(main(body, __doc__, "transfer"))

@@ -1,0 +1,186 @@
+"""The runs behind the analyses (paper Sec. 3.3, 4.1 lower half, 4.2, 4.3): a `Scenario` says how the two
+initial parameters and the source trajectory come about, `pair_trajectories` trains (or loads) the source
+and the actually trained target of one seed pair, `transfer_all` transfers with every method, and
+`subsequent_training` fine-tunes from the best transferred points.
+
+Two scenarios:
+  random     - theta1^0, theta2^0 are random inits (seeds s1, s2); theta1^t is SGD training on `data`.
+  pretrained - theta1^0, theta2^0 are bodies pre-trained on `pretrain_data` from seeds s1, s2, each with a
+               fresh classifier head (see ltray.pretrained); theta1^t is the fine-tuning on `data`.
+In both, theta2^T (the Oracle's "actually trained" target, and the landscape's "Trained") is theta2^0 trained
+with the same `train` config, data order from s2.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .errors import LtrayError
+from .data import DataBundle
+from .pipeline import DataConfig, ModelConfig, check_trajectory
+from .models import has_batchnorm, state_of
+from .pretrained import pretrained_init
+from .results import config_hash, derive_seed, provenance
+from .symmetry import spec_for
+from .train import TrainConfig, finetune, train
+from .trajectory import State, Trajectory, load_trajectory, save_trajectory
+from .transfer import METHODS, TransferConfig, TransferResult, transfer
+
+
+@dataclass(frozen=True)
+class Scenario:
+    data: DataConfig                          # the source trajectory's task (the fine-tuning task if pre-trained)
+    model: ModelConfig
+    train: TrainConfig                        # source training / fine-tuning; also the target's (Oracle)
+    transfer: TransferConfig
+    pretrain_data: DataConfig | None = None   # both set: the pre-trained scenario
+    pretrain: TrainConfig | None = None
+
+    def __post_init__(self):
+        if (self.pretrain_data is None) != (self.pretrain is None):
+            raise LtrayError("a pre-trained scenario needs both pretrain_data and pretrain")
+
+    @property
+    def kind(self) -> str:
+        return "random" if self.pretrain_data is None else "pretrained"
+
+    def with_transfer(self, **changes) -> "Scenario":
+        return replace(self, transfer=replace(self.transfer, **changes))
+
+    def columns(self) -> dict:
+        """The scenario columns of every results row (ltray.results._SCENARIO), seeds excepted."""
+        def classes(cfg):
+            return ",".join(map(str, cfg.classes)) if cfg is not None and cfg.classes else None
+        return {"scenario": self.kind, "dataset": self.data.name, "classes": classes(self.data),
+                "pretrain_dataset": self.pretrain_data.name if self.pretrain_data else None,
+                "pretrain_classes": classes(self.pretrain_data), "model": self.model.name,
+                "width": int(self.model.width) if self.model.width else None}
+
+
+@dataclass
+class Data:
+    task: DataBundle
+    pretrain: DataBundle | None = None
+
+
+def load_data(scenario: Scenario) -> Data:
+    return Data(scenario.data.load(), scenario.pretrain_data.load() if scenario.pretrain_data else None)
+
+
+def cached(cache: Path | None, key: tuple, make: Callable[[], Trajectory]) -> Trajectory:
+    """make(), or its saved result under cache/<config hash of key>.safetensors (runs named by config)."""
+    if cache is None:
+        return make()
+    path = Path(cache) / f"{config_hash(*key)}.safetensors"
+    if path.exists():
+        return load_trajectory(path)
+    traj = make()
+    save_trajectory(traj, path)
+    return traj
+
+
+def initial_state(scenario: Scenario, data: Data, seed: int, cache: Path | None = None,
+                  progress: bool = False) -> State:
+    """theta^0 for `seed`: a random init, or the body pre-trained from `seed` with a fresh head."""
+    if scenario.kind == "random":
+        return state_of(scenario.model.build(data.task, seed))
+    return pretrained_init(scenario.model, data.pretrain, data.task, scenario.pretrain, seed,
+                           cache=lambda make: cached(cache, ("pretrain", scenario.pretrain_data, scenario.model,
+                                                             scenario.pretrain, seed), make),
+                           progress=progress)
+
+
+def trained(scenario: Scenario, data: Data, seed: int, cache: Path | None = None, progress: bool = False,
+            device: str = "cpu") -> Trajectory:
+    """theta^0..theta^E: `scenario.train` from initial_state(seed), data order from `seed` (cached)."""
+    def make() -> Trajectory:
+        model = scenario.model.build(data.task, seed).to(device)
+        init = {k: v.to(device) for k, v in initial_state(scenario, data, seed, cache, progress).items()}
+        traj = train(model, init, data.task.train, scenario.train, seed, progress, desc=f"{scenario.kind} s{seed}")
+        traj.meta.update(scenario=scenario.kind, model=scenario.model.name, width=scenario.model.width,
+                         depth=scenario.model.depth, dataset=scenario.data.name)
+        return traj
+    key = ("train", scenario.kind, scenario.data, scenario.model, scenario.train, scenario.pretrain_data,
+           scenario.pretrain, seed)
+    return cached(cache, key, make)
+
+
+@dataclass
+class PairRun:
+    seed_source: int
+    seed_target: int
+    source: Trajectory        # theta1^0..theta1^E
+    target: Trajectory        # theta2^0..theta2^E, actually trained
+    results: dict[str, TransferResult]
+
+
+def pair_trajectories(scenario: Scenario, data: Data, seed_source: int, seed_target: int,
+                      cache: Path | None = None, progress: bool = False,
+                      device: str = "cpu") -> tuple[Trajectory, Trajectory]:
+    if seed_source == seed_target:
+        raise LtrayError(f"source and target seeds must differ, both are {seed_source}")
+    return (trained(scenario, data, seed_source, cache, progress, device),
+            trained(scenario, data, seed_target, cache, progress, device))
+
+
+def transfer_all(scenario: Scenario, data: Data, source: Trajectory, target: Trajectory,
+                 methods: tuple[str, ...] = METHODS, device: str = "cpu", progress: bool = False) -> PairRun:
+    """Transfer `source` onto target.state(0) with each method, on the same mini-batches (seed derived from
+    the pair). The Oracle matches against target.state(-1); its transfer seconds include that training."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise LtrayError(f"unknown transfer method {bad[0]!r}; known: {', '.join(METHODS)}")
+    seed_source, seed_target = int(source.meta["seed"]), int(target.meta["seed"])
+    model = scenario.model.build(data.task, seed_target).to(device)
+    check_trajectory(source, model, "source trajectory")
+    cfg = scenario.transfer
+    seq = source.linear(cfg.T, cfg.schedule) if cfg.trajectory == "linear" else source.actual(cfg.T)
+    theta2_0, theta2_T = target.state(0, device), target.state(-1, device)
+    seed = derive_seed("transfer", seed_source, seed_target)
+    results = {m: transfer(m, model, spec_for(model), seq, theta2_0, data.task, cfg, seed=seed,
+                           target_final=theta2_T if m == "oracle" else None,
+                           extra_seconds=float(target.meta.get("train_seconds", 0.0)) if m == "oracle" else 0.0,
+                           progress=progress)
+               for m in methods}
+    return PairRun(seed_source, seed_target, source, target, results)
+
+
+def transfer_rows(scenario: Scenario, run: PairRun, run_id: str) -> list[dict]:
+    """Rows of ltray.results.SCENARIO_TRANSFER_SCHEMA."""
+    cfg = scenario.transfer
+    common = dict(scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target, T=cfg.T,
+                  schedule=cfg.schedule if cfg.trajectory == "linear" else None, trajectory=cfg.trajectory,
+                  batch_size=cfg.batch_size, solver=cfg.solver, **provenance(run_id))
+    return [dict(row, **common) for result in run.results.values() for row in result.rows()]
+
+
+@dataclass(frozen=True)
+class SubsequentConfig:
+    """Subsequent training (paper B.3.4): Adam at a fixed lr for a fixed number of epochs."""
+    epochs: int = 10
+    lr: float = 1e-4
+    batch_size: int = 128
+
+
+def subsequent_training(scenario: Scenario, data: Data, run: PairRun, cfg: SubsequentConfig, run_id: str,
+                        device: str = "cpu", progress: bool = False) -> list[dict]:
+    """Train from each method's best transferred point (by validation accuracy, t >= 1) and from theta2^0
+    ("standard"); rows of ltray.results.SUBSEQUENT_SCHEMA with one row per epoch (epoch 0 = the start).
+    Every start sees the same data order (seed derived from the pair)."""
+    model = scenario.model.build(data.task, run.seed_target).to(device)
+    starts = {m: (r.best, r.best_step) for m, r in run.results.items()}
+    starts["standard"] = (run.target.state(0, device), 0)
+    seed = derive_seed("subsequent", run.seed_source, run.seed_target)
+    common = dict(scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target, lr=cfg.lr,
+                  **provenance(run_id))
+    rows = []
+    for start, (state, step) in starts.items():
+        _, history = finetune(model, state, data.task.train, data.task.val, cfg.epochs, cfg.lr, cfg.batch_size,
+                              seed, progress, bn_samples=scenario.transfer.bn_samples if has_batchnorm(model) else 0)
+        rows += [dict(h, start=start, start_step=step, **common) for h in history]
+    return rows
+
+
+def run_id(scenario: Scenario, *extra) -> str:
+    return config_hash(asdict(scenario), *extra)

@@ -1,0 +1,155 @@
+"""Plumbing shared by the thin scripts in experiments/: the MNIST (paper) and smoke presets of each scenario,
+one argument parser, seed pairs, and publishing Parquet + PNG atomically with a printed summary.
+
+A script is: parse -> for each seed pair, run the library function -> publish rows and a figure.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+
+from .analysis import Data, PairRun, Scenario, load_data, pair_trajectories, run_id, transfer_all
+from .errors import LtrayError
+from .pipeline import DataConfig, ModelConfig
+from .train import TrainConfig
+from .transfer import METHODS, TransferConfig
+
+SOURCE_CLASSES, TARGET_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+
+# Fine-tuning on MNIST 5-9 (pre-trained scenario): SGD with momentum 0.9, cosine annealing and weight decay 1e-4
+# as in the paper's fine-tuning rows of B.3.2 (Cars/CUB/CIFAR-100); lr 0.01 is the paper's MNIST lr, which also
+# fine-tunes the 2-MLP to ~99% on 5-9 within a few epochs (docs/analyses.md).
+MNIST_FINETUNE = TrainConfig(epochs=10, lr=0.01, weight_decay=1e-4, cosine=True)
+
+
+def preset(kind: str, smoke: bool, data_root: str | None = None, width: int | None = None,
+           T: int | None = None, solver: str = "scipy") -> Scenario:
+    """The scenario of the full runs (MNIST 2-MLP, paper B.3) or of --smoke (digits, width 64, seconds)."""
+    if kind not in ("random", "pretrained"):
+        raise LtrayError(f"unknown scenario {kind!r}; known: random, pretrained")
+    if smoke:
+        name, root, model = "digits", None, ModelConfig("mlp", width or 64)
+        source_train, finetune, pretrain, T = TrainConfig(epochs=5, lr=0.1), \
+            TrainConfig(epochs=5, lr=0.05, cosine=True), TrainConfig(epochs=8, lr=0.1), T or 4
+    else:
+        if data_root is None:
+            raise LtrayError("the MNIST runs need --data-root (the folder holding MNIST/raw)")
+        name, root, model = "mnist", data_root, ModelConfig("mlp", width or 4096)
+        source_train, finetune, pretrain, T = TrainConfig(epochs=10, lr=0.01), MNIST_FINETUNE, \
+            TrainConfig(epochs=10, lr=0.01), T or 10
+    transfer = TransferConfig(T=T, schedule="cosine", trajectory="linear", solver=solver)
+    if kind == "random":
+        return Scenario(DataConfig(name, root), model, source_train, transfer)
+    return Scenario(DataConfig(name, root, classes=TARGET_CLASSES), model, finetune, transfer,
+                    DataConfig(name, root, classes=SOURCE_CLASSES), pretrain)
+
+
+def parser(description: str, scenario: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="bundled digits, width 64, a few epochs: seconds")
+    if scenario:
+        p.add_argument("--scenario", default="random", help="random or pretrained (default random)")
+    p.add_argument("--seeds", type=int, default=None, help="seed pairs (source k, target 1000+k); default 3, "
+                   "smoke 2")
+    p.add_argument("--data-root", default=None, help="folder holding MNIST/raw (full runs)")
+    p.add_argument("--width", type=int, default=None, help="hidden width (default 4096, smoke 64)")
+    p.add_argument("--T", type=int, default=None, help="trajectory length (default 10, smoke 4)")
+    p.add_argument("--solver", default="scipy", help="assignment solver (ltray.lap.SOLVERS)")
+    p.add_argument("--cache", default=None, help="folder to keep trained trajectories in, keyed by config hash")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--progress", action="store_true", help="progress bars")
+    p.add_argument("--out", required=True, help="output folder for Parquet and PNG")
+    return p
+
+
+class Experiment:
+    """Parsed arguments, the scenario, its data and the seed pairs of one script run."""
+
+    def __init__(self, args: argparse.Namespace, name: str):
+        from .lap import SOLVERS
+
+        if args.seeds is not None and args.seeds < 1:
+            raise LtrayError(f"--seeds must be >= 1, got {args.seeds}")
+        if args.solver not in SOLVERS:
+            raise LtrayError(f"unknown assignment solver {args.solver!r}; known: {', '.join(SOLVERS)}")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise LtrayError(f"--out {out} exists and is not a directory")
+        self.args, self.name, self.out = args, name, out
+        self.scenario = preset(getattr(args, "scenario", "random"), args.smoke, args.data_root, args.width,
+                               args.T, args.solver)
+        self.seeds = [(k, 1000 + k) for k in range(args.seeds or (2 if args.smoke else 3))]
+        self.cache = Path(args.cache) if args.cache else None
+        self.t0 = time.perf_counter()
+        self.data: Data = load_data(self.scenario)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.scenario.kind}_{self.name}"
+
+    def run_id(self, *extra) -> str:
+        return run_id(self.scenario, self.name, *extra)
+
+    def log(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:7.1f} s] {text}", flush=True)
+
+    def trajectories(self) -> Iterator[tuple[int, int, object, object]]:
+        for s1, s2 in self.seeds:
+            self.log(f"seed pair ({s1}, {s2}): source and target training")
+            source, target = pair_trajectories(self.scenario, self.data, s1, s2, self.cache, self.args.progress,
+                                               self.args.device)
+            yield s1, s2, source, target
+
+    def runs(self, methods: tuple[str, ...] = METHODS, scenario: Scenario | None = None) -> Iterator[PairRun]:
+        """Each seed pair's transfer with every method (trajectories from the cache when there is one)."""
+        for _, _, source, target in self.trajectories():
+            yield self.transfer(source, target, methods, scenario)
+
+    def transfer(self, source, target, methods: tuple[str, ...] = METHODS, scenario: Scenario | None = None) -> PairRun:
+        scenario = scenario or self.scenario
+        run = transfer_all(scenario, self.data, source, target, methods, self.args.device, self.args.progress)
+        self.log("transfer " + ", ".join(f"{m} {r.val_acc[-1]:.2f} (best {max(r.val_acc[1:]):.2f} at t="
+                                         f"{r.best_step})" for m, r in run.results.items()))
+        return run
+
+    def publish(self, what: str, rows: list[dict], schema: pa.Schema, fig) -> tuple[Path, Path]:
+        """Write <out>/<scenario>_<what>.parquet and .png: the figure is rendered to a temp file first, then
+        both are published, so a failure leaves neither half-written."""
+        from .plots import save_figure
+        from .results import write_parquet
+        from .trajectory import atomic_path
+
+        stem = self.out / f"{self.scenario.kind}_{what}"
+        png = atomic_path(stem.with_suffix(".png"))
+        try:
+            save_figure(fig, png)
+            parquet = write_parquet(rows, schema, stem.with_suffix(".parquet"))
+            os.replace(png, stem.with_suffix(".png"))
+        finally:
+            png.unlink(missing_ok=True)
+        self.log(f"wrote {parquet} and {stem.with_suffix('.png')} ({len(rows)} rows)")
+        return parquet, stem.with_suffix(".png")
+
+
+def main(body: Callable[[argparse.Namespace], None], description: str, name: str, scenario: bool = True,
+         argv: list[str] | None = None) -> int:
+    """Run a script body; bad input is one line on stderr and exit status 2 (as in the `ltray` command)."""
+    args = parser(description, scenario).parse_args(argv)
+    try:
+        body(Experiment(args, name))
+    except LtrayError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def variant(scenario: Scenario, trajectory: str, schedule: str) -> Scenario:
+    """The scenario with another source trajectory kind / lambda schedule (the Sec. 3.3 ablations)."""
+    return replace(scenario, transfer=replace(scenario.transfer, trajectory=trajectory, schedule=schedule))

@@ -1,0 +1,407 @@
+"""Mode connectivity (paper Sec. 4.3) and the `ltray landscape` command.
+
+1-D: loss and accuracy along the linear path (1 - alpha) a + alpha b, and its loss barrier
+     max_alpha [L(alpha) - ((1 - alpha) L(0) + alpha L(1))]  (Frankle et al. 2020; >= 0 up to noise).
+2-D: the loss surface on the plane through three parameters (Garipov et al. 2018): origin w0,
+     u = (w1 - w0)/|w1 - w0|, v = the part of w2 - w0 orthogonal to u, normalised; a grid over the
+     bounding box of the three points in (u, v) coordinates, widened by `margin` times its span each side.
+
+Points are state dicts; only floating tensors move (integer buffers, e.g. BatchNorm counters, are the first
+point's). BatchNorm statistics are recomputed at every evaluated point, since averaged running statistics do
+not describe the averaged network (REPAIR, Jordan et al. 2023).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Split
+from .errors import LtrayError
+from .models import has_batchnorm
+from .train import evaluate, reset_bn_stats
+from .trajectory import State
+
+
+# ---- pure functions over state dicts -------------------------------------------------------------------
+
+def architecture_mismatch(a: State, b: State) -> str | None:
+    """None when a and b hold the same tensor names and shapes, else the first difference in a few words."""
+    if set(a) != set(b):
+        return f"tensor {sorted(set(a) ^ set(b))[0]!r} is in only one"
+    for k, v in a.items():
+        if tuple(b[k].shape) != tuple(v.shape):
+            return f"tensor {k!r} has shape {list(v.shape)} vs {list(b[k].shape)}"
+    return None
+
+
+def check_same_architecture(points: Mapping[str, State]) -> None:
+    """A one-line LtrayError unless every point holds the same tensor names and shapes as the first."""
+    (first, ref), *rest = points.items()
+    for name, state in rest:
+        problem = architecture_mismatch(ref, state)
+        if problem:
+            raise LtrayError(f"points {first} and {name} are different architectures ({problem})")
+
+
+def interpolate(a: State, b: State, alpha: float) -> State:
+    """(1 - alpha) a + alpha b on floating tensors (alpha outside [0, 1] extrapolates); others are a's."""
+    return {k: torch.lerp(v, b[k].to(v), alpha) if v.is_floating_point() else v for k, v in a.items()}
+
+
+def loss_barrier(alphas: Sequence[float], losses: Sequence[float]) -> float:
+    """max over the path of loss minus the straight line between the end losses (alphas must start at 0
+    and end at 1)."""
+    a, loss = np.asarray(alphas, float), np.asarray(losses, float)
+    if len(a) < 2 or a[0] != 0.0 or a[-1] != 1.0:
+        raise LtrayError("a loss barrier needs a path from alpha = 0 to alpha = 1")
+    return float(np.max(loss - ((1 - a) * loss[0] + a * loss[-1])))
+
+
+@dataclass
+class Evaluator:
+    """Loss and accuracy of a point on `split`, with BatchNorm statistics reset over `bn_samples` samples of
+    `bn_split` (the same samples at every point: the generator is re-seeded) for models that have BN."""
+    model: nn.Module
+    split: Split
+    bn_split: Split | None = None
+    bn_samples: int = 256
+    seed: int = 0
+
+    def __call__(self, state: State) -> tuple[float, float]:
+        if has_batchnorm(self.model):
+            if self.bn_split is None:
+                raise LtrayError("this model has BatchNorm: the landscape needs training data to reset statistics")
+            state = reset_bn_stats(self.model, state, self.bn_split, self.bn_samples,
+                                   torch.Generator().manual_seed(self.seed))
+        return evaluate(self.model, state, self.split)
+
+
+def linear_path(evaluator: Evaluator, a: State, b: State, num_points: int = 25) -> list[dict]:
+    """Rows {alpha, loss, acc} at num_points evenly spaced alphas in [0, 1], plus the path's barrier."""
+    if num_points < 2:
+        raise LtrayError(f"a path needs at least 2 points, got {num_points}")
+    check_same_architecture({"a": a, "b": b})
+    alphas = np.linspace(0.0, 1.0, num_points)
+    rows = []
+    for alpha in alphas:
+        loss, acc = evaluator(interpolate(a, b, float(alpha)))
+        rows.append({"alpha": float(alpha), "loss": loss, "acc": acc})
+    barrier = loss_barrier(alphas, [r["loss"] for r in rows])
+    return [dict(r, barrier=barrier) for r in rows]
+
+
+def _floating(state: State) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point()]
+
+
+def _flat(state: State, keys: list[str]) -> torch.Tensor:
+    return torch.cat([state[k].detach().reshape(-1).double().cpu() for k in keys])
+
+
+@dataclass
+class Plane:
+    """The plane through three points: origin w0 and orthonormal directions u, v (flat float64 vectors over
+    the origin's floating tensors). `coords[i]` are the (u, v) coordinates of the i-th point."""
+    origin: State
+    keys: list[str]
+    u: torch.Tensor
+    v: torch.Tensor
+    coords: list[tuple[float, float]]
+
+    def point(self, cu: float, cv: float) -> State:
+        flat = _flat(self.origin, self.keys) + cu * self.u + cv * self.v
+        out, i = dict(self.origin), 0
+        for k in self.keys:
+            n = self.origin[k].numel()
+            out[k] = flat[i:i + n].reshape(self.origin[k].shape).to(self.origin[k])
+            i += n
+        return out
+
+
+def plane(w0: State, w1: State, w2: State) -> Plane:
+    """Garipov et al.'s basis: u along w1 - w0, v along the part of w2 - w0 orthogonal to u."""
+    check_same_architecture({"w0": w0, "w1": w1, "w2": w2})
+    keys = _floating(w0)
+    x0 = _flat(w0, keys)
+    d1, d2 = _flat(w1, keys) - x0, _flat(w2, keys) - x0
+    dx = float(d1.norm())
+    if dx == 0.0:
+        raise LtrayError("the first two points of the plane coincide")
+    u = d1 / dx
+    along = float(d2 @ u)
+    w = d2 - along * u
+    dy = float(w.norm())
+    if dy <= 1e-6 * max(dx, float(d2.norm())):  # float32 points: rounding leaves ~1e-7 relative
+        raise LtrayError("the three points are collinear: they span no plane")
+    return Plane(w0, keys, u, w / dy, [(0.0, 0.0), (dx, 0.0), (along, dy)])
+
+
+def plane_grid(p: Plane, grid: int = 21, margin: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """u and v coordinates of a grid x grid lattice over the points' bounding box widened by margin x span."""
+    if grid < 2:
+        raise LtrayError(f"the grid needs at least 2 points per axis, got {grid}")
+    if not margin >= 0:
+        raise LtrayError(f"margin must be >= 0, got {margin}")
+    cu, cv = np.array([c[0] for c in p.coords]), np.array([c[1] for c in p.coords])
+    axes = []
+    for c in (cu, cv):
+        span = c.max() - c.min()
+        axes.append(np.linspace(c.min() - margin * span, c.max() + margin * span, grid))
+    return axes[0], axes[1]
+
+
+def plane_surface(evaluator: Evaluator, points: Mapping[str, State], grid: int = 21,
+                  margin: float = 0.2) -> tuple[list[dict], list[dict]]:
+    """(grid rows {u, v, loss, acc}, point rows {point, u, v, loss, acc}) on the plane through the three
+    `points` (in order: origin, u direction, third)."""
+    if len(points) != 3:
+        raise LtrayError(f"a plane needs exactly 3 points, got {len(points)}")
+    check_same_architecture(points)
+    names, states = list(points), list(points.values())
+    p = plane(*states)
+    us, vs = plane_grid(p, grid, margin)
+    rows = []
+    for cv in vs:
+        for cu in us:
+            loss, acc = evaluator(p.point(float(cu), float(cv)))
+            rows.append({"u": float(cu), "v": float(cv), "loss": loss, "acc": acc})
+    anchors = []
+    for name, state, (cu, cv) in zip(names, states, p.coords):
+        loss, acc = evaluator(state)
+        anchors.append({"point": name, "u": cu, "v": cv, "loss": loss, "acc": acc})
+    return rows, anchors
+
+
+def surface_array(rows: Sequence[dict], value: str = "loss") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, v, z) with z[i, j] the value at (u[j], v[i]), from grid rows."""
+    us = np.array(sorted({r["u"] for r in rows}))
+    vs = np.array(sorted({r["v"] for r in rows}))
+    z = np.full((len(vs), len(us)), np.nan)
+    iu = {x: j for j, x in enumerate(us)}
+    iv = {x: i for i, x in enumerate(vs)}
+    for r in rows:
+        z[iv[r["v"]], iu[r["u"]]] = r[value]
+    return us, vs, z
+
+
+# ---- figures -------------------------------------------------------------------------------------------
+
+def path_figure(rows: Sequence[dict], title: str = ""):
+    """Loss and accuracy along one path (no seeds: the command's figure)."""
+    from .plots import figure
+
+    fig, axes = figure(2, 1)
+    a = [r["alpha"] for r in rows]
+    first, last = rows[0], rows[-1]
+    for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy (%)")):
+        ax.plot(a, [r[key] for r in rows], marker="o", markersize=3, label=f"{first['point_a']} -> {last['point_b']}")
+        if key == "loss":
+            ax.plot([0, 1], [first[key], last[key]], linestyle="--", color="gray", label="linear in the end losses")
+        ax.set_xlabel(f"alpha (0 = {first['point_a']}, 1 = {last['point_b']})")
+        ax.set_ylabel(f"{first['split']} {name}")
+        ax.legend(fontsize=8)
+    axes[0, 0].set_title(f"{title} barrier {first['barrier']:.3g}".strip(), fontsize=9)
+    return fig
+
+
+def plane_figure(rows: Sequence[dict], anchors: Sequence[dict], title: str = "", split: str = "val"):
+    from .plots import figure, heatmap
+
+    fig, axes = figure(1, 1, panel=(5.2, 4.4))
+    ax = axes[0, 0]
+    u, v, z = surface_array(rows)
+    heatmap(ax, u, v, z, {a["point"]: (a["u"], a["v"]) for a in anchors}, label=f"{split} loss (log scale)")
+    ax.set_xlabel("u (parameter-space distance)")
+    ax.set_ylabel("v (parameter-space distance)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+# ---- `ltray landscape` ---------------------------------------------------------------------------------
+
+def save_state(state: State, path: str | os.PathLike, meta: Mapping | None = None) -> Path:
+    """One parameter as safetensors (atomic), with an optional JSON header, readable by `ltray landscape`."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .trajectory import atomic_path
+
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp),
+                  metadata={"ltray_state": json.dumps(dict(meta or {}))})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_point(spec: str) -> tuple[State, dict]:
+    """FILE or FILE@k: a state dict saved by save_state (or any safetensors state dict), or checkpoint k
+    (default: the last) of a trajectory saved by `ltray train`. Returns (state, header)."""
+    import json
+
+    from safetensors import safe_open
+
+    from .trajectory import load_trajectory
+
+    path, _, index = spec.rpartition("@") if "@" in spec and spec.rpartition("@")[2].lstrip("-").isdigit() \
+        else (spec, "", "")
+    if not Path(path).is_file():
+        raise LtrayError(f"point file {path} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = list(f.keys())
+            if "ltray" not in meta:
+                if index:
+                    raise LtrayError(f"point {spec}: @k selects a checkpoint, but {path} is not a trajectory")
+                return {k: f.get_tensor(k) for k in keys}, json.loads(meta.get("ltray_state", "{}"))
+    except LtrayError:
+        raise
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise LtrayError(f"point file {path} is not a safetensors file ({type(e).__name__})") from None
+    traj = load_trajectory(path)
+    k = int(index) if index else len(traj) - 1
+    if not -len(traj) <= k < len(traj):
+        raise LtrayError(f"point {spec}: trajectory has checkpoints 0..{len(traj) - 1}")
+    return traj.state(k), dict(traj.meta)
+
+
+def register(subparsers) -> None:
+    from .cli import add_data_args
+
+    p = subparsers.add_parser(
+        "landscape", help="loss along the line between 2 parameters, or on the plane through 3",
+        description="Two POINTs: loss/accuracy along the linear path and its loss barrier (path.parquet, "
+                    "path.png). Three POINTs: loss surface on their plane (plane.parquet, plane.png). "
+                    "A POINT is FILE (a state saved as safetensors, or the last checkpoint of a trajectory "
+                    "from `ltray train`) or FILE@k (checkpoint k of a trajectory).")
+    p.add_argument("points", nargs="+", metavar="POINT")
+    p.add_argument("--labels", default=None, help="comma-separated point names (default A,B,C)")
+    p.add_argument("--grid", type=int, default=None, help="points along the path (default 25) or per plane axis "
+                   "(default 21); at least 2")
+    p.add_argument("--margin", type=float, default=0.2, help="plane: widen the box around the points by this "
+                   "fraction of its span on each side (default 0.2)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="val", help="split evaluated (default val)")
+    p.add_argument("--bn-samples", type=int, default=256, help="samples to reset BatchNorm statistics per point")
+    add_data_args(p)
+    g = p.add_argument_group("model (default: from the first point's header, else the dataset preset)")
+    g.add_argument("--model", default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--depth", type=int, default=None)
+    g.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_landscape)
+
+
+def cmd_landscape(args: argparse.Namespace) -> None:
+    from .cli import check_out_dir
+    from .pipeline import DataConfig, ModelConfig, check_names, default_device, with_preset
+    from .plots import save_figure
+    from .results import PATH_SCHEMA, PLANE_SCHEMA, config_hash, provenance, write_parquet
+    from .trajectory import atomic_path
+
+    # Validate everything before any work, so bad input leaves no output behind.
+    if len(args.points) not in (2, 3):
+        raise LtrayError(f"give 2 points (a path) or 3 points (a plane), got {len(args.points)}")
+    grid = args.grid if args.grid is not None else (25 if len(args.points) == 2 else 21)
+    if grid < 2:
+        raise LtrayError(f"--grid must be at least 2, got {grid}")
+    if not args.margin >= 0 or args.bn_samples < 1:
+        raise LtrayError(f"--margin must be >= 0 and --bn-samples >= 1, got {args.margin} and {args.bn_samples}")
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else ["A", "B", "C"][:len(args.points)]
+    if len(labels) != len(args.points) or len(set(labels)) != len(labels) or not all(labels):
+        raise LtrayError(f"--labels needs {len(args.points)} distinct names, got {args.labels!r}")
+    check_names(args.dataset, args.model)
+    out = check_out_dir(args.out)
+    loaded = [load_point(s) for s in args.points]
+    points = {name: state for name, (state, _) in zip(labels, loaded)}
+    check_same_architecture(points)
+    header = loaded[0][1]
+    preset = with_preset(args.dataset)["model"]
+    model_cfg = ModelConfig(args.model or header.get("model") or preset.name,
+                            args.width or header.get("width") or (preset.width if not args.model else None),
+                            args.depth or header.get("depth") or 1)
+    data_cfg = DataConfig(args.dataset, args.data_root, args.download, args.classes, args.max_train)
+    data = data_cfg.load()
+    model = model_cfg.build(data, 0)
+    problem = architecture_mismatch(model.state_dict(), points[labels[0]])
+    if problem:
+        raise LtrayError(f"the points do not fit {model_cfg.name} width {model_cfg.width} on {args.dataset} "
+                         f"(model vs points: {problem}); pass --model/--width/--depth")
+    device = args.device or default_device()
+    points = {k: {n: t.to(device) for n, t in s.items()} for k, s in points.items()}
+    evaluator = Evaluator(model.to(device), getattr(data, args.split), data.train, args.bn_samples)
+    common = dict(scenario=None, dataset=args.dataset, classes=",".join(map(str, args.classes)) if args.classes else None,
+                  pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name, width=model_cfg.width,
+                  seed_source=None, seed_target=None, split=args.split,
+                  **provenance(config_hash(data_cfg, model_cfg, {"points": args.points, "grid": grid,
+                                                                 "margin": args.margin, "split": args.split})))
+    t0 = time.perf_counter()
+    if len(labels) == 2:
+        rows = [dict(r, point_a=labels[0], point_b=labels[1], method=None, case=None, **common)
+                for r in linear_path(evaluator, points[labels[0]], points[labels[1]], grid)]
+        fig, name, schema = path_figure(rows), "path", PATH_SCHEMA
+        summary = (f"loss {rows[0]['loss']:.4g} -> {rows[-1]['loss']:.4g}, max {max(r['loss'] for r in rows):.4g}, "
+                   f"barrier {rows[0]['barrier']:.4g}; acc {rows[0]['acc']:.2f} -> {rows[-1]['acc']:.2f}, "
+                   f"min {min(r['acc'] for r in rows):.2f}")
+    else:
+        grid_rows, anchors = plane_surface(evaluator, points, grid, args.margin)
+        rows = [dict(r, point=None, **common) for r in grid_rows] + [dict(a, **common) for a in anchors]
+        fig, name, schema = plane_figure(grid_rows, anchors, split=args.split), "plane", PLANE_SCHEMA
+        summary = (f"{grid}x{grid} grid, loss {min(r['loss'] for r in grid_rows):.4g}.."
+                   f"{max(r['loss'] for r in grid_rows):.4g}")
+    # Render the figure first (into a temp file), then publish Parquet and PNG.
+    png = atomic_path(out / f"{name}.png")
+    try:
+        save_figure(fig, png)
+        parquet = write_parquet(rows, schema, out / f"{name}.parquet")
+        os.replace(png, out / f"{name}.png")
+    finally:
+        png.unlink(missing_ok=True)
+    print(f"{summary}\nwrote {parquet} and {out / f'{name}.png'} ({len(rows)} rows, "
+          f"{time.perf_counter() - t0:.1f} s)")
+
+
+# ---- the paper's cases (Sec. 4.3) ----------------------------------------------------------------------
+
+def mode_connectivity(scenario, data, run, grid_1d: int = 25, grid_2d: int = 21, margin: float = 0.2,
+                      split: str = "val", device: str = "cpu",
+                      plane_points: tuple[str, ...] = ("trained", "oracle", "fgmt")) -> tuple[list[dict], list[dict]]:
+    """The 1-D paths of each method's transferred theta2^T (ltray.analysis.PairRun `run`) to
+         case "source":  pi_T theta1^T, the source permuted by the method's last permutation ("Source*"),
+         case "trained": theta2^T actually trained from theta2^0,
+    and the 2-D surface on the plane through `plane_points` (names: "trained" or a method). Returns
+    (path rows, plane rows) without provenance columns."""
+    from .symmetry import apply_permutation, spec_for
+
+    model = scenario.model.build(data.task, run.seed_target).to(device)
+    spec = spec_for(model)
+    evaluator = Evaluator(model, getattr(data.task, split), data.task.train, scenario.transfer.bn_samples)
+    common = dict(scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target, split=split)
+    theta1_T, trained = run.source.state(-1, device), run.target.state(-1, device)
+    paths = []
+    for method, result in run.results.items():
+        source_star = apply_permutation(spec, result.perms[-1], theta1_T)
+        for case, a in (("source", source_star), ("trained", trained)):
+            paths += [dict(r, method=method, case=case, point_a="source*" if case == "source" else "trained",
+                           point_b="transferred", **common)
+                      for r in linear_path(evaluator, a, result.final, grid_1d)]
+    planes = []
+    if all(p == "trained" or p in run.results for p in plane_points):
+        points = {p: trained if p == "trained" else run.results[p].final for p in plane_points}
+        grid, anchors = plane_surface(evaluator, points, grid_2d, margin)
+        planes = [dict(r, point=None, **common) for r in grid] + [dict(a, **common) for a in anchors]
+    return paths, planes

@@ -1,0 +1,207 @@
+"""Figure helpers shared by the analyses: mean +- std bands over seeds, a heat map with contour lines.
+
+Object-oriented matplotlib (a `Figure` with the Agg canvas, never pyplot), so importing ltray leaves
+matplotlib's global state alone and figures are freed when they go out of scope.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .results import summarise
+from .trajectory import atomic_path
+
+# One colour and name per transfer method / start point, the same in every figure.
+COLORS = {"naive": "tab:gray", "oracle": "black", "gmt": "tab:blue", "fgmt": "tab:orange", "standard": "tab:green",
+          "trained": "tab:red"}
+NAMES = {"naive": "Naive", "oracle": "Oracle", "gmt": "GMT", "fgmt": "FGMT", "standard": "Standard",
+         "trained": "Trained"}
+
+
+def figure(ncols: int = 1, nrows: int = 1, panel: tuple[float, float] = (4.6, 3.4)) -> tuple[Figure, np.ndarray]:
+    """A figure with an (nrows, ncols) array of axes, each panel `panel` inches."""
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def band(ax, df: pd.DataFrame, x: str, y: str, hue: str, order: Sequence[str] | None = None,
+         names: Mapping[str, str] | None = None, colors: Mapping[str, str] | None = None,
+         linestyle: str = "-", marker: str | None = "o") -> pd.DataFrame:
+    """Plot mean +- std of `y` over the rows sharing (`hue`, `x`) (one row per seed) as a line with a shaded
+    band; the legend entry gives n, the number of seeds. Returns the summary (hue, x, mean, std, n)."""
+    names = {**NAMES, **(names or {})}
+    colors = {**COLORS, **(colors or {})}
+    stats = summarise(df, [hue, x], y)
+    keys = list(order) if order is not None else list(dict.fromkeys(stats[hue]))
+    for key in keys:
+        s = stats[stats[hue] == key].sort_values(x)
+        if s.empty:
+            continue
+        n = int(s["n"].min())
+        std = s["std"].fillna(0.0).to_numpy()
+        color = colors.get(key)
+        line, = ax.plot(s[x], s["mean"], linestyle=linestyle, marker=marker, markersize=3, color=color,
+                        label=f"{names.get(key, key)} (n={n})")
+        ax.fill_between(s[x], s["mean"] - std, s["mean"] + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    return stats
+
+
+def heatmap(ax, u: np.ndarray, v: np.ndarray, z: np.ndarray, points: Mapping[str, tuple[float, float]] | None = None,
+            label: str = "loss", log: bool = True, levels: int = 12, cmap: str = "viridis"):
+    """z[i, j] at (u[j], v[i]) as a colour map with contour lines (log-spaced when `log`), the named
+    `points` marked and labelled. Returns the colour bar."""
+    z = np.asarray(z, dtype=float)
+    if log:
+        lo, hi = max(float(np.nanmin(z)), 1e-6), float(np.nanmax(z))
+        hi = max(hi, lo * 1.0001)
+        norm = LogNorm(lo, hi)
+        contour_levels = np.geomspace(lo, hi, levels)
+    else:
+        norm, contour_levels = None, levels
+    mesh = ax.pcolormesh(u, v, z, norm=norm, cmap=cmap, shading="gouraud")
+    cs = ax.contour(u, v, z, levels=contour_levels, colors="white", linewidths=0.6, alpha=0.8)
+    ax.clabel(cs, fontsize=6, fmt=lambda val: f"{val:.3g}")
+    mid = (np.min(u) + np.max(u)) / 2
+    for name, (pu, pv) in (points or {}).items():
+        ax.plot([pu], [pv], marker="o", markersize=6, color="white", markeredgecolor="black")
+        right = pu > mid  # label towards the inside of the plot, so it is not cut off at the edge
+        ax.annotate(name, (pu, pv), textcoords="offset points", xytext=(-5 if right else 5, 5), fontsize=8,
+                    color="white", fontweight="bold", ha="right" if right else "left")
+    ax.set_aspect("equal", adjustable="box")
+    bar = ax.figure.colorbar(mesh, ax=ax, shrink=0.85)
+    bar.set_label(label)
+    return bar
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
+    """Write the figure as PNG atomically (a temp file beside `path`, then os.replace)."""
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ---- the analyses' figures (rows as written to Parquet) ------------------------------------------------
+
+ORDER = ["naive", "oracle", "gmt", "fgmt", "standard"]
+
+
+def _title(df: pd.DataFrame) -> str:
+    r = df.iloc[0]
+    task = f"{r['dataset']}" + (f" {{{r['classes']}}}" if r.get("classes") else "")
+    if r.get("scenario") == "pretrained":
+        pre = f"{r['pretrain_dataset']}" + (f" {{{r['pretrain_classes']}}}" if r.get("pretrain_classes") else "")
+        task = f"pre-trained on {pre} -> fine-tuned on {task}"
+    return f"{task}, {r['model']} width {r['width']}"
+
+
+def transfer_figure(rows, chance: float | None = None) -> Figure:
+    """Validation accuracy and loss of theta2^t along the transfer, mean +- std over seed pairs (paper Fig. 4)."""
+    df = pd.DataFrame(rows)
+    fig, axes = figure(2, 1)
+    for ax, y, label in ((axes[0, 0], "val_acc", "validation accuracy (%)"), (axes[0, 1], "val_loss",
+                                                                                "validation loss")):
+        band(ax, df, "t", y, "method", order=ORDER)
+        ax.set_xlabel("transfer step t")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if chance is not None:
+        axes[0, 0].axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
+    axes[0, 1].set_yscale("log")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(_title(df), fontsize=9)
+    return fig
+
+
+def subsequent_figure(rows) -> Figure:
+    """Validation accuracy per epoch of training from each method's best transferred point and from the plain
+    initialisation (paper Fig. 5); right: the same from epoch 1 on."""
+    df = pd.DataFrame(rows)
+    fig, axes = figure(2, 1)
+    band(axes[0, 0], df, "epoch", "val_acc", "start", order=ORDER)
+    band(axes[0, 1], df[df.epoch >= 1], "epoch", "val_acc", "start", order=ORDER)
+    for ax, title in ((axes[0, 0], "from the start (epoch 0)"), (axes[0, 1], "epochs >= 1")):
+        ax.set_xlabel("epoch of subsequent training (Adam)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(title, fontsize=9)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(_title(df), fontsize=9)
+    return fig
+
+
+def paths_figure(rows) -> Figure:
+    """Loss and accuracy along the linear paths Source* -> transferred and Trained -> transferred (paper
+    Fig. 6a/b); the legend gives each method's loss barrier, mean +- std."""
+    df = pd.DataFrame(rows)
+    fig, axes = figure(2, 2)
+    for j, (case, start) in enumerate((("source", "Source* = pi theta1^T"), ("trained", "Trained theta2^T"))):
+        sub = df[df.case == case]
+        barriers = sub.groupby(["method", "seed_source", "seed_target"])["barrier"].first().groupby("method")
+        names = {m: f"{NAMES.get(m, m)}, barrier {b.mean():.3f} +- {b.std():.3f}" for m, b in barriers}
+        for i, (y, label) in enumerate((("loss", "validation loss"), ("acc", "validation accuracy (%)"))):
+            ax = axes[i, j]
+            band(ax, sub, "alpha", y, "method", order=ORDER, names=names if i == 0 else None)
+            ax.set_xlabel(f"alpha (0: {start}, 1: transferred theta2^T)")
+            ax.set_ylabel(label)
+        axes[0, j].set_title(f"{start} <-> transferred", fontsize=9)
+        axes[0, j].legend(fontsize=7)
+    fig.suptitle(_title(df), fontsize=9)
+    return fig
+
+
+def planes_figure(rows) -> Figure:
+    """The loss surface on the plane through the anchor points, one panel per seed pair (paper Fig. 6c)."""
+    from .landscape import surface_array
+
+    df = pd.DataFrame(rows)
+    pairs = sorted({(int(a), int(b)) for a, b in zip(df.seed_source, df.seed_target)})
+    fig, axes = figure(len(pairs), 1, panel=(4.8, 4.2))
+    for ax, (s1, s2) in zip(axes[0], pairs):
+        sub = df[(df.seed_source == s1) & (df.seed_target == s2)]
+        grid, anchors = sub[sub.point.isna()], sub[sub.point.notna()]
+        u, v, z = surface_array(grid.to_dict("records"))
+        heatmap(ax, u, v, z, {NAMES.get(p, p): (a, b) for p, a, b in zip(anchors.point, anchors.u, anchors.v)},
+                label=f"{df.split.iloc[0]} loss (log scale)")
+        ax.set_xlabel("u (parameter-space distance)")
+        ax.set_ylabel("v (parameter-space distance)")
+        ax.set_title(f"seeds ({s1}, {s2})", fontsize=9)
+    fig.suptitle(_title(df) + ": plane through Trained, Oracle and FGMT theta2^T", fontsize=9)
+    return fig
+
+
+def ablation_figure(rows, methods: tuple[str, ...] = ("gmt", "fgmt")) -> Figure:
+    """Sec. 3.3 / Fig. 3: left, cosine vs uniform lambda schedule of the linear trajectory; right, linear
+    (cosine) vs actual per-epoch trajectory. Solid: the paper's default (linear, cosine)."""
+    df = pd.DataFrame(rows)
+    df = df[df.method.isin(methods)]
+    default = df[(df.trajectory == "linear") & (df.schedule == "cosine")]
+    other = {"schedule": df[(df.trajectory == "linear") & (df.schedule == "uniform")],
+             "trajectory": df[df.trajectory == "actual"]}
+    fig, axes = figure(2, 1)
+    for ax, (what, alt), alt_name in zip(axes[0], other.items(), ("linear, uniform", "actual checkpoints")):
+        band(ax, default, "t", "val_acc", "method", order=list(methods),
+             names={m: f"{NAMES[m]} linear, cosine" for m in methods})
+        band(ax, alt, "t", "val_acc", "method", order=list(methods), linestyle="--", marker="s",
+             names={m: f"{NAMES[m]} {alt_name}" for m in methods})
+        ax.set_xlabel("transfer step t")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{what}: linear-cosine vs {alt_name}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(df), fontsize=9)
+    return fig

@@ -1,0 +1,165 @@
+"""Analyses: the pre-trained scenario's heads, trajectories and caching, subsequent training, and the
+experiment scripts' --smoke runs (bundled digits, seconds)."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import ltray
+from ltray import analysis
+from ltray.analysis import SubsequentConfig, pair_trajectories, subsequent_training, transfer_all
+from ltray.experiment import preset
+from ltray.models import build_model
+from ltray.pipeline import ModelConfig
+from ltray.pretrained import fresh_head, head_keys, with_head
+from ltray.results import PATH_SCHEMA, PLANE_SCHEMA, SCENARIO_TRANSFER_SCHEMA, SUBSEQUENT_SCHEMA
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def pre():
+    scenario = preset("pretrained", smoke=True, width=32, T=3)
+    return scenario, analysis.load_data(scenario)
+
+
+def test_head_keys_are_the_last_linear_layer():
+    assert head_keys(build_model("mlp", width=8)) == ("fc2.weight", "fc2.bias")
+    assert head_keys(build_model("mlp", width=8, depth=3)) == ("fc4.weight", "fc4.bias")
+    assert head_keys(build_model("conv8", 10, 3, 32, width=4)) == ("fc3.weight", "fc3.bias")
+    assert head_keys(build_model("resnet18", 10, 3, 32)) == ("fc.weight", "fc.bias")
+
+
+def test_pretrained_init_is_the_pretrained_body_with_a_fresh_seeded_head(pre, cache):
+    scenario, data = pre
+    init = analysis.initial_state(scenario, data, 0, cache)
+    body = analysis.cached(cache, ("pretrain", scenario.pretrain_data, scenario.model, scenario.pretrain, 0),
+                           lambda: pytest.fail("the pre-training should come from the cache")).state(-1)
+    assert all(torch.equal(init[k], body[k]) for k in ("fc1.weight", "fc1.bias"))
+    head = fresh_head(scenario.model, data.task, 0)
+    assert all(torch.equal(init[k], head[k]) for k in ("fc2.weight", "fc2.bias"))
+    assert not torch.equal(head["fc2.weight"], fresh_head(scenario.model, data.task, 1)["fc2.weight"])
+    # the fine-tuning trajectory starts exactly there, and the second call is served by the cache
+    source = analysis.trained(scenario, data, 0, cache)
+    assert all(torch.equal(source.state(0)[k], init[k]) for k in init)
+    again = analysis.trained(scenario, data, 0, cache)
+    assert np.array_equal(again.checkpoints, source.checkpoints)
+
+
+def test_with_head_rejects_a_body_of_another_input_size(pre):
+    scenario, data = pre
+    big = ModelConfig("mlp", 32).build(ltray.load_dataset("digits", image_size=12), 0)
+    with pytest.raises(ltray.LtrayError, match="does not fit"):
+        with_head(big.state_dict(), fresh_head(scenario.model, data.task, 0), scenario.model.build(data.task, 0))
+
+
+def test_pretrained_transfer_moves_the_head_delta_with_pi(pre, cache):
+    """theta2^t = theta2^0 + pi_t(theta1^t - theta1^0): the head's input axis is permuted, its class axis not."""
+    scenario, data = pre
+    source, target = pair_trajectories(scenario, data, 0, 1000, cache)
+    run = transfer_all(scenario, data, source, target, ("naive", "fgmt"))
+    theta2_0, seq = target.state(0), source.linear(3, "cosine")
+    d = {k: seq[3][k] - seq[0][k] for k in theta2_0}
+    naive, fgmt = run.results["naive"], run.results["fgmt"]
+    assert torch.allclose(naive.final["fc2.weight"], theta2_0["fc2.weight"] + d["fc2.weight"], atol=1e-6)
+    pi = fgmt.perms[-1]["P_fc1"]
+    assert torch.allclose(fgmt.final["fc2.weight"], theta2_0["fc2.weight"] + d["fc2.weight"][:, pi], atol=1e-6)
+    assert torch.allclose(fgmt.final["fc2.bias"], theta2_0["fc2.bias"] + d["fc2.bias"], atol=1e-6)
+    # subsequent training starts where the transfer's best step was
+    rows = pd.DataFrame(subsequent_training(scenario, data, run, SubsequentConfig(epochs=1), "test"))
+    start = rows[rows.epoch == 0].set_index("start")
+    assert start.loc["fgmt", "val_acc"] == pytest.approx(max(fgmt.val_acc[1:]))
+    assert start.loc["fgmt", "start_step"] == fgmt.best_step
+    assert start.loc["standard", "val_acc"] == pytest.approx(fgmt.val_acc[0])
+    assert sorted(rows.epoch.unique()) == [0, 1] and len(rows) == 3 * 2
+
+
+# ---- the experiment scripts ----------------------------------------------------------------------------
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _smoke(name, out, cache, *extra):
+    from ltray.experiment import main
+
+    module = _script(name)
+    return main(module.body, module.__doc__, name, argv=["--smoke", "--out", str(out), "--cache", str(cache),
+                                                         "--width", "32", *extra])
+
+
+def _read(path, schema):
+    assert pq.read_schema(path).equals(schema, check_metadata=False)
+    df = pd.read_parquet(path)
+    assert not df.isna()[["val_acc"] if "val_acc" in df else ["loss"]].any().any()
+    return df
+
+
+@pytest.mark.parametrize("scenario", ["random", "pretrained"])
+def test_transfer_curves_smoke(tmp_path, cache, scenario):
+    assert _smoke("transfer_curves", tmp_path, cache, "--scenario", scenario) == 0
+    df = _read(tmp_path / f"{scenario}_transfer.parquet", SCENARIO_TRANSFER_SCHEMA)
+    assert set(df.method) == set(ltray.METHODS) and df.seed_source.nunique() == 2
+    assert len(df) == 4 * 2 * 5 and set(df.scenario) == {scenario}
+    first = df[df.t == 1].groupby("seed_source")
+    assert all((g.set_index("method").val_acc["gmt"] == g.set_index("method").val_acc["fgmt"]) for _, g in first)
+    assert (tmp_path / f"{scenario}_transfer.png").stat().st_size > 10_000
+
+
+def test_subsequent_training_smoke(tmp_path, cache):
+    assert _smoke("subsequent_training", tmp_path, cache) == 0
+    df = _read(tmp_path / "random_subsequent.parquet", SUBSEQUENT_SCHEMA)
+    assert set(df.start) == set(ltray.METHODS) | {"standard"} and sorted(df.epoch.unique()) == [0, 1, 2]
+    assert (df[df.start == "standard"].start_step == 0).all()
+    assert (tmp_path / "random_subsequent.png").exists()
+
+
+def test_mode_connectivity_smoke(tmp_path, cache):
+    assert _smoke("mode_connectivity", tmp_path, cache, "--seeds", "1") == 0
+    paths = _read(tmp_path / "random_paths.parquet", PATH_SCHEMA)
+    assert set(paths.case) == {"source", "trained"} and len(paths) == 4 * 2 * 7
+    # Oracle's pi_T theta1^T and its transferred theta2^T differ by theta2^0 - pi theta1^0; Trained <-> Oracle
+    # path ends (alpha = 1) at the transferred point for both cases
+    ends = paths[paths.alpha == 1.0].groupby("method").loss.nunique()
+    assert (ends == 1).all()
+    planes = _read(tmp_path / "random_plane.parquet", PLANE_SCHEMA)
+    assert sorted(planes.point.dropna()) == ["fgmt", "oracle", "trained"] and planes.point.isna().sum() == 49
+    assert (tmp_path / "random_plane.png").exists() and (tmp_path / "random_paths.png").exists()
+
+
+def test_ablations_smoke(tmp_path, cache):
+    assert _smoke("ablations", tmp_path, cache, "--seeds", "1") == 0
+    df = _read(tmp_path / "random_ablation.parquet", SCENARIO_TRANSFER_SCHEMA)
+    variants = set(zip(df.trajectory, df.schedule.fillna("-")))
+    assert variants == {("linear", "cosine"), ("linear", "uniform"), ("actual", "-")}
+    # Naive's last point theta2^0 + (theta1^T - theta1^0) does not depend on the trajectory used
+    last = df[(df.method == "naive") & (df.t == df["T"])]
+    assert last.val_acc.nunique() == 1
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--smoke", "--seeds", "0"], "--seeds must be >= 1"),
+    (["--smoke", "--scenario", "sideways"], "unknown scenario"),
+    (["--scenario", "pretrained"], "need --data-root"),
+    (["--smoke", "--solver", "magic"], "unknown assignment solver"),
+])
+def test_scripts_reject_bad_input_in_one_line(tmp_path, capsys, argv, match):
+    from ltray.experiment import main
+
+    module = _script("transfer_curves")
+    assert main(module.body, module.__doc__, "transfer", argv=[*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
