@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .lap import Assignment, solve_assignment
+from .train import LinearFactors
 from .symmetry import Permutation, PermutationSpec, identity_permutation, permute_axes_except
 
 Pair = dict[str, torch.Tensor]
@@ -24,6 +25,20 @@ Pair = dict[str, torch.Tensor]
 def _rows(x: torch.Tensor, axis: int) -> torch.Tensor:
     """Bring `axis` to the front and flatten the rest: (n, -1)."""
     return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+def _score_term(t, s, axis: int) -> torch.Tensor:
+    """<t_i, s_j> over `axis` (float32); factored Linear gradients go through a B x B kernel when cheaper:
+    rows (axis 0): d_t.T (x_t x_s.T) d_s;  columns (axis 1): x_t.T (d_t d_s.T) x_s."""
+    if isinstance(t, LinearFactors) and isinstance(s, LinearFactors):
+        other = t.x.shape[1] if axis == 0 else t.d.shape[1]
+        if t.x.shape[0] + s.x.shape[0] < other:
+            if axis == 0:
+                return (t.d.T @ (t.x @ s.x.T)) @ s.d
+            return (t.x.T @ (t.d @ s.d.T)) @ s.x
+    t = t.dense() if isinstance(t, LinearFactors) else t
+    s = s.dense() if isinstance(s, LinearFactors) else s
+    return _rows(t, axis).float() @ _rows(s, axis).float().T
 
 
 class Matcher:
@@ -35,25 +50,32 @@ class Matcher:
         self._warm: dict[str, Assignment] = {}
 
     def add_pair(self, target: Pair, source: Pair, weight: float = 1.0) -> None:
-        """Add <pi source, target> to the objective; keys absent from either dict are ignored."""
+        """Add weight * <pi source, target> to the objective; keys absent from either dict are ignored.
+        Values are tensors or `LinearFactors` (factored Linear weight gradients)."""
+        terms: dict[str, torch.Tensor] = {}
         for key, axes in self.spec.axes.items():
             if key not in target or key not in source:
                 continue
             groups = [(a, g) for a, g in enumerate(axes) if g is not None]
-            t, s = target[key].detach(), source[key].detach()
+            t, s = target[key], source[key]
             if len(groups) == 1:
                 (axis, g), = groups
-                term = _rows(t, axis).float() @ _rows(s, axis).float().T
-                term = term.to(self.dtype) * weight
-                self.static[g] = self.static[g] + term if g in self.static else term
+                term = _score_term(t, s, axis)
+                terms[g] = terms[g] + term if g in terms else term
             elif len(groups) > 1:
-                self.coupled.append((key, t * weight, s))
+                t = t.dense() if isinstance(t, LinearFactors) else t
+                s = s.dense() if isinstance(s, LinearFactors) else s
+                self.coupled.append((key, t.detach() * weight, s.detach()))
+        for g, term in terms.items():  # one conversion to the accumulator's dtype per group and pair
+            self.add_score(g, term * weight if weight != 1.0 else term)
         self.num_pairs += 1
 
     def add_score(self, group: str, term: torch.Tensor) -> None:
         """Add a precomputed n x n score term to one group (e.g. a factored gradient product)."""
-        term = term.to(self.dtype)
-        self.static[group] = self.static[group] + term if group in self.static else term
+        if group in self.static:
+            self.static[group] += term.to(self.dtype)
+        else:
+            self.static[group] = term.to(self.dtype).clone()
 
     def score_matrix(self, group: str, perm: Permutation) -> torch.Tensor:
         """The group's n x n score given the other groups' current permutations: score[i, j] = <t_i, s_j>."""

@@ -96,23 +96,58 @@ def evaluate(model: nn.Module, state: State, split: Split, batch_size: int = 200
     return loss / len(split), 100.0 * correct / len(split)
 
 
-def gradient(model: nn.Module, state: State, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> State:
+@dataclass(frozen=True)
+class LinearFactors:
+    """A Linear layer's mean-batch weight gradient kept in factored form: grad W = d.T @ x, with x the layer's
+    inputs (B, in) and d the loss gradient w.r.t. its outputs (B, out), already scaled by 1/B.
+
+    Score terms between two such gradients go through a B x B kernel (d2.T (x2 x1.T) d1), which is far
+    cheaper than the full (out x in) products when B is smaller than the layer's other dimension."""
+    x: torch.Tensor
+    d: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        return self.d.T @ self.x
+
+
+def gradient(model: nn.Module, state: State, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None,
+             factored: bool = False) -> dict[str, torch.Tensor | LinearFactors]:
     """Mean cross-entropy gradient over (x, y) w.r.t. the parameters (train mode), computed in chunks of
-    `chunk` samples (the loader batch) and averaged, so a gradient batch may be a multiple of it."""
+    `chunk` samples (the loader batch) and averaged, so a gradient batch may be a multiple of it.
+    With `factored`, each nn.Linear weight's gradient comes back as `LinearFactors` instead of a tensor."""
     device = next(iter(state.values())).device
     names = param_names(model)
     params = {k: state[k].detach().requires_grad_(True) for k in names}
     buffers = {k: v.clone() for k, v in state.items() if k not in params}  # train-mode BN would update them
     grads = {k: torch.zeros_like(v) for k, v in params.items()}
+    linears = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, nn.Linear)} if factored else {}
+    seen: dict[str, list] = {k: [] for k in linears}           # per layer: (input, output) of each chunk
+    xs: dict[str, list] = {k: [] for k in linears}
+    ds: dict[str, list] = {k: [] for k in linears}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, k=k: seen[k].append((inp[0], out)))
+             for k, m in linears.items()]
     chunk = chunk or len(x)
     was_training = model.training
     model.train()
-    for i in range(0, len(x), chunk):
-        xb, yb = x[i:i + chunk].to(device), y[i:i + chunk].to(device)
-        loss = F.cross_entropy(functional_call(model, (params, buffers), (xb,)), yb) * (len(xb) / len(x))
-        for k, g in zip(names, torch.autograd.grad(loss, list(params.values()))):
-            grads[k] += g
-    model.train(was_training)
+    try:
+        for i in range(0, len(x), chunk):
+            xb, yb = x[i:i + chunk].to(device), y[i:i + chunk].to(device)
+            for k in seen:
+                seen[k].clear()
+            loss = F.cross_entropy(functional_call(model, (params, buffers), (xb,)), yb) * (len(xb) / len(x))
+            outs = [seen[k][0][1] for k in linears]
+            result = torch.autograd.grad(loss, list(params.values()) + outs)
+            for k, g in zip(names, result):
+                grads[k] += g
+            for k, d in zip(linears, result[len(names):]):
+                xs[k].append(seen[k][0][0].detach())
+                ds[k].append(d)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for k in linears:
+        grads[k] = LinearFactors(torch.cat(xs[k]), torch.cat(ds[k]))
     return grads
 
 

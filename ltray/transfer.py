@@ -116,7 +116,8 @@ class TransferContext:
         theta1, theta2 = self.prepared(theta1), self.prepared(theta2)
         with self.profile.time("gradients"):
             chunk = self.cfg.loader_batch_size
-            return (gradient(self.model, theta2, x, y, chunk), gradient(self.model, theta1, x, y, chunk))
+            return (gradient(self.model, theta2, x, y, chunk, factored=True),
+                    gradient(self.model, theta1, x, y, chunk, factored=True))
 
     def matcher(self) -> Matcher:
         return Matcher(self.spec, self.cfg.solver)
