@@ -97,7 +97,7 @@ class Trajectory:
         """[theta^0 : theta^E] with T steps."""
         lam = lambda_schedule(T, schedule)
         first, last = torch.from_numpy(self.checkpoints[0]), torch.from_numpy(self.checkpoints[-1])
-        return StateSequence(self.layout, lambda t: torch.lerp(first, last, float(lam[t])), T + 1, lam)
+        return StateSequence(self.layout, lambda t: torch.lerp(first, last, float(lam[t])), T + 1, lam, "linear")
 
     def actual(self, T: int) -> "StateSequence":
         """T steps of the saved checkpoints, evenly spaced from the first to the last."""
@@ -105,14 +105,16 @@ class Trajectory:
         if not 1 <= T <= E:
             raise LtrayError(f"an actual trajectory of {E} epochs supports 1 <= T <= {E}, got T={T}")
         idx = np.rint(np.linspace(0, E, T + 1)).astype(int)
-        return StateSequence(self.layout, lambda t: torch.from_numpy(self.checkpoints[idx[t]]), T + 1, idx / E)
+        return StateSequence(self.layout, lambda t: torch.from_numpy(self.checkpoints[idx[t]]), T + 1, idx / E,
+                             "actual")
 
 
 class StateSequence(Sequence):
     """A lazily materialised sequence of state dicts theta^0..theta^T (flat vectors until asked for)."""
 
-    def __init__(self, layout: Layout, flat_at, length: int, lambdas: np.ndarray):
+    def __init__(self, layout: Layout, flat_at, length: int, lambdas: np.ndarray, kind: str):
         self.layout, self._flat_at, self._len, self.lambdas = layout, flat_at, length, np.asarray(lambdas, float)
+        self.kind = kind  # "linear": theta^t - theta^0 = lambda_t (theta^T - theta^0); "actual": checkpoints
 
     def __len__(self) -> int:
         return self._len

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import DataBundle, batches
+from .fasteval import FirstLayerCache
 from .errors import LtrayError
 from .matching import Matcher
 from .models import has_batchnorm
@@ -87,11 +88,14 @@ class TransferContext:
         self.delta0 = self.source[0]
         self._stream = self._batch_stream()
 
-    def transferred(self, perm: Permutation, t: int) -> State:
-        """theta2^0 + pi (theta1^t - theta1^0); integer buffers (BN counters) stay theta2^0's."""
+    def transferred(self, perm: Permutation, t: int, delta_only: bool = False) -> State:
+        """theta2^0 + pi (theta1^t - theta1^0) (or just pi (theta1^t - theta1^0) with `delta_only`);
+        integer buffers (BN counters) stay theta2^0's."""
         delta = {k: (v - self.delta0[k]).to(self.device) for k, v in self.source[t].items()
                  if v.is_floating_point()}
         moved = apply_permutation(self.spec, perm, delta)
+        if delta_only:
+            return moved
         return {k: v + moved[k] if k in moved else v for k, v in self.theta2_0.items()}
 
     def _batch_stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -207,9 +211,16 @@ def transfer(method: str, model: nn.Module, spec: PermutationSpec, source: Seque
         raise LtrayError(f"source trajectory has {len(source) - 1} steps but T={cfg.T}")
     ctx = TransferContext(model, spec, source, theta2_0, data, cfg, seed, target_final)
     t0 = time.perf_counter() - extra_seconds
-
-    def evaluated(state: State) -> tuple[float, float]:
+    cache = None
+    if FirstLayerCache.applies(model, source):
         with ctx.profile.time("evaluation"):
+            cache = FirstLayerCache(model, spec, theta2_0, ctx.transferred(identity_permutation(spec), cfg.T,
+                                                                            delta_only=True), data.val)
+
+    def evaluated(state: State, perm: Permutation | None = None, t: int = 0) -> tuple[float, float]:
+        with ctx.profile.time("evaluation"):
+            if cache is not None and perm is not None:
+                return cache.evaluate(state, perm, float(source.lambdas[t]))
             return evaluate(model, ctx.prepared(state), data.val)
 
     loss, acc = evaluated(theta2_0)
@@ -219,7 +230,7 @@ def transfer(method: str, model: nn.Module, spec: PermutationSpec, source: Seque
     for t in tqdm(range(1, cfg.T + 1), desc=method, disable=not progress, leave=False):
         perm = next(steps)
         state = ctx.transferred(perm, t)
-        loss, acc = evaluated(state)
+        loss, acc = evaluated(state, perm, t)
         seconds.append(time.perf_counter() - t0)
         losses.append(loss); accs.append(acc); perms.append(perm)
         if acc > best_acc:

@@ -126,3 +126,17 @@ def test_bn_model_transfer_runs_with_statistics_reset(digits):
     result = transfer("fgmt", model, ltray.spec_for(model), traj.linear(1), state_of(target), small, cfg)
     assert len(result.val_acc) == 2 and result.profile["bn_reset"] > 0
     assert float(result.final["bn1.num_batches_tracked"]) > 0
+
+
+def test_cached_first_layer_evaluation_matches_a_full_forward_pass(digits, source):
+    """MLP + linear trajectory evaluates through FirstLayerCache; the numbers must equal evaluate()."""
+    model = _model(digits, 7)
+    spec = ltray.spec_for(model)
+    seq = source.linear(3, "cosine")
+    result = transfer("fgmt", model, spec, seq, state_of(model), digits, TransferConfig(T=3), seed=2)
+    theta2 = state_of(model)
+    for t, perm in enumerate(result.perms, start=1):
+        state = {k: theta2[k] + v for k, v in ltray.apply_permutation(
+            spec, perm, {k: seq[t][k] - seq[0][k] for k in theta2}).items()}
+        loss, acc = ltray.evaluate(model, state, digits.val)
+        assert result.val_acc[t] == pytest.approx(acc) and result.val_loss[t] == pytest.approx(loss, rel=1e-4)
