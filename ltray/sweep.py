@@ -1,0 +1,357 @@
+"""Ray Tune sweeps over a transfer's hyper-parameters: `ltray sweep`.
+
+Tune searches T, the gradient batch size B, the lambda schedule and the method (plus the fine-tuning lr
+when the objective fine-tunes) for one source trajectory and one target initialisation, so trials differ
+only in their configuration. The source is trained once in a Ray task (or loaded with --trajectory) and
+handed to every trial through the object store (tune.with_parameters), zero-copy. Results: one row per
+trial in DIR/sweep.parquet; Tune's own state lives in DIR/tune (an absolute storage_path, since Tune moves
+trials into their own working directories), so `--resume` continues an interrupted sweep (Tuner.restore).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LtrayError
+
+# objective -> what it measures (all on the validation split, in %; higher is better)
+OBJECTIVES = {"best_val_acc": "best accuracy along the transferred trajectory (t >= 1)",
+              "final_val_acc": "accuracy of the last transferred step theta2^T",
+              "finetuned_val_acc": "accuracy after fine-tuning the best step with Adam (searches finetune_lr)"}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Choices per parameter (sampled uniformly); finetune_lr is a log-uniform (low, high) range."""
+    T: tuple[int, ...] = (5, 10, 20)
+    batch_size: tuple[int, ...] = (64, 128, 256)
+    schedule: tuple[str, ...] = ("uniform", "cosine")
+    method: tuple[str, ...] = ("gmt", "fgmt")
+    finetune_lr: tuple[float, float] = (1e-5, 1e-3)
+
+    def __post_init__(self):
+        from .trajectory import SCHEDULES
+        from .transfer import METHODS
+
+        for f in fields(self):
+            values = getattr(self, f.name)
+            if not isinstance(values, tuple) or not values:
+                raise LtrayError(f"search space: {f.name} needs at least one value, got {values!r}")
+        for name in ("T", "batch_size"):
+            bad = [v for v in getattr(self, name) if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+            if bad:
+                raise LtrayError(f"search space: {name} takes integers >= 1, got {bad[0]!r}")
+        for name, known in (("schedule", SCHEDULES), ("method", METHODS)):
+            bad = [v for v in getattr(self, name) if v not in known]
+            if bad:
+                raise LtrayError(f"search space: unknown {name} {bad[0]!r}; known: {', '.join(known)}")
+        lr = self.finetune_lr
+        if len(lr) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lr) \
+                or not 0 < lr[0] <= lr[1]:
+            raise LtrayError(f"search space: finetune_lr is a range [low, high] with 0 < low <= high, got {list(lr)}")
+
+    @classmethod
+    def parse(cls, file: str | None = None, **flags: str | None) -> "SearchSpace":
+        """From a small JSON/YAML file ({"T": [5, 10], "method": ["fgmt"], "finetune_lr": [1e-5, 1e-3]}) and/or
+        comma-separated flags (which override the file); everything else keeps its default."""
+        values: dict = {}
+        if file:
+            values = _read_space_file(file)
+        for name, text in flags.items():
+            if text is not None:
+                values[name] = [v.strip() for v in text.split(",") if v.strip()]
+        typed = {"T": int, "batch_size": int, "finetune_lr": float, "schedule": str, "method": str}
+        out = {}
+        for name, raw in values.items():
+            if name not in typed:
+                raise LtrayError(f"search space: unknown parameter {name!r}; known: {', '.join(typed)}")
+            raw = raw if isinstance(raw, list) else [raw]
+            try:
+                out[name] = tuple(typed[name](v) if isinstance(v, str) else v for v in raw)
+            except ValueError:
+                raise LtrayError(f"search space: {name} values must be {typed[name].__name__}, got {raw}") from None
+        return cls(**out)
+
+    def sample(self, n: int, seed: int, finetune: bool) -> list[dict]:
+        """n configurations drawn independently per parameter (uniform choices, log-uniform finetune_lr) from
+        numpy's generator seeded with `seed`: the sweep's trials, reproducible and listed before it starts."""
+        rng = np.random.default_rng(seed)
+        configs = []
+        for _ in range(n):
+            config = {name: getattr(self, name)[rng.integers(len(getattr(self, name)))]
+                      for name in ("T", "batch_size", "schedule", "method")}
+            config = {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
+            if finetune:
+                low, high = np.log(self.finetune_lr)
+                config["finetune_lr"] = float(np.exp(rng.uniform(low, high)))
+            configs.append(config)
+        return configs
+
+    def param_space(self, finetune: bool) -> dict:
+        from ray import tune
+
+        space = {name: tune.choice(list(getattr(self, name))) for name in ("T", "batch_size", "schedule", "method")}
+        if finetune:
+            low, high = self.finetune_lr
+            space["finetune_lr"] = tune.loguniform(low, high) if low < high else low
+        return space
+
+
+def _read_space_file(path: str) -> dict:
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise LtrayError(f"search space file {path}: {e.strerror}") from None
+    try:  # JSON is YAML; safe_load builds plain data only, never code
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise LtrayError(f"search space file {path} is not valid JSON/YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise LtrayError(f"search space file {path} must hold a mapping of parameter -> values")
+    return values
+
+
+# ---- one trial (pure: runs in-process in tests, or inside a Tune trial) -----------------------------------------
+
+def evaluate_config(data, source, config: dict, *, model_cfg, train_cfg, transfer_cfg, finetune_epochs: int,
+                    seed_target: int, device: str = "cpu") -> dict:
+    """Transfer `source` onto build_model(seed_target) with one sampled configuration; all the metrics."""
+    import time
+    from dataclasses import replace
+
+    from .pipeline import transfer_pair
+    from .results import derive_seed
+    from .train import finetune
+
+    t0 = time.perf_counter()
+    cfg = replace(transfer_cfg, T=int(config["T"]), batch_size=int(config["batch_size"]), schedule=config["schedule"])
+    method = config["method"]
+    seed_source = int(source.meta.get("seed", 0))
+    result = transfer_pair(data, model_cfg, train_cfg, cfg, (method,), source, seed_target, device,
+                           seed=derive_seed("transfer", seed_source, seed_target)).results[method]
+    metrics = dict(best_val_acc=result.val_acc[result.best_step], final_val_acc=result.val_acc[-1],
+                   best_step=result.best_step, transfer_seconds=result.seconds[-1], finetuned_val_acc=None)
+    if "finetune_lr" in config:
+        model = model_cfg.build(data, seed_target).to(device)
+        _, history = finetune(model, result.best, data.train, data.val, finetune_epochs, float(config["finetune_lr"]),
+                              seed=derive_seed("finetune", seed_source, seed_target))
+        metrics["finetuned_val_acc"] = history[-1]["val_acc"]
+    metrics["seconds"] = time.perf_counter() - t0
+    return metrics
+
+
+def trial(config: dict, data, source, setup: dict) -> None:
+    """The Tune trainable (wrapped by tune.with_parameters: `data` and `source` come from the object store)."""
+    from ray import tune
+
+    from .engine import as_tensors, prepare_worker
+
+    device = prepare_worker()
+    tune.report(evaluate_config(as_tensors(data), source, config, device=device, **setup))
+
+
+# ---- the command ---------------------------------------------------------------------------------------------
+
+def register(subparsers) -> None:
+    from .cli import add_data_args, add_model_args, positive_int
+    from .engine import add_ray_args
+
+    p = subparsers.add_parser("sweep", help="Ray Tune search over T, batch size, schedule and method")
+    p.set_defaults(func=cmd_sweep)
+    add_data_args(p); add_model_args(p)
+    g = p.add_argument_group("search space (comma-separated choices; flags override --space)")
+    g.add_argument("--space", default=None, help="JSON/YAML file: {parameter: [choices]}, finetune_lr: [low, high]")
+    g.add_argument("--T", "--t", dest="T", default=None, help="trajectory lengths (default 5,10,20)")
+    g.add_argument("--batch-size", default=None, help="gradient batch sizes B (default 64,128,256)")
+    g.add_argument("--schedule", default=None, help="lambda schedules (default uniform,cosine)")
+    g.add_argument("--method", default=None, help="transfer methods (default gmt,fgmt)")
+    g.add_argument("--finetune-lr", default=None, help="Adam lr range low,high (default 1e-5,1e-3); searched "
+                   "only with --objective finetuned_val_acc")
+    g = p.add_argument_group("sweep")
+    g.add_argument("--objective", default="best_val_acc", help="metric to maximise: " + "; ".join(
+        f"{k} ({v})" for k, v in OBJECTIVES.items()) + " (default best_val_acc)")
+    g.add_argument("--num-samples", type=positive_int, default=8, help="trials (default 8)")
+    g.add_argument("--finetune-epochs", type=positive_int, default=10, help="Adam epochs for finetuned_val_acc")
+    g.add_argument("--trajectory-kind", default="linear", help="linear or actual source trajectory")
+    g.add_argument("--loader-batch-size", type=positive_int, default=128)
+    g.add_argument("--bn-samples", type=positive_int, default=None)
+    g.add_argument("--solver", default="scipy", help="assignment solver (see ltray.lap.SOLVERS)")
+    g.add_argument("--trajectory", default=None, help="sweep transfers of this saved source instead of training one")
+    g.add_argument("--seed", type=int, default=0, help="source seed (target: seed+1000) and search seed")
+    g.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out (its saved "
+                   "configuration is used; other sweep flags are ignored)")
+    g.add_argument("--out", default="runs/sweep", help="output directory (default runs/sweep)")
+    add_ray_args(p)
+
+
+def _setup_from_args(args: argparse.Namespace) -> dict:
+    """Everything a sweep is, validated, as plain JSON-able data (saved in DIR/sweep.json for --resume)."""
+    from .cli import configs_from_args
+    from .lap import SOLVERS
+    from .pipeline import PRESETS, check_names
+    from .transfer import TransferConfig
+
+    if args.objective not in OBJECTIVES:
+        raise LtrayError(f"unknown objective {args.objective!r}; known: {', '.join(OBJECTIVES)}")
+    if args.solver not in SOLVERS:
+        raise LtrayError(f"unknown assignment solver {args.solver!r}; known: {', '.join(SOLVERS)}")
+    check_names(args.dataset, args.model)
+    space = SearchSpace.parse(args.space, T=args.T, batch_size=args.batch_size, schedule=args.schedule,
+                              method=args.method, finetune_lr=args.finetune_lr)
+    # without "T", configs_from_args leaves the transfer config to us (the flags here are lists of choices)
+    data_cfg, model_cfg, train_cfg, _ = configs_from_args(argparse.Namespace(**{
+        k: v for k, v in vars(args).items() if k != "T"}))
+    bn = args.bn_samples or PRESETS[args.dataset].get("bn_samples", 256)
+    transfer_cfg = TransferConfig(T=max(space.T), trajectory=args.trajectory_kind, loader_batch_size=args.loader_batch_size,
+                                  bn_samples=bn, solver=args.solver)  # validates the fixed part
+    if transfer_cfg.trajectory == "actual" and max(space.T) > train_cfg.epochs and not args.trajectory:
+        raise LtrayError(f"search space: T up to {max(space.T)} exceeds the source's {train_cfg.epochs} epochs, "
+                         "which an actual trajectory needs")
+    return dict(data_cfg=asdict(data_cfg), model_cfg=asdict(model_cfg), train_cfg=asdict(train_cfg),
+                transfer_cfg=asdict(transfer_cfg), space=asdict(space), objective=args.objective,
+                num_samples=args.num_samples, finetune_epochs=args.finetune_epochs, seed=args.seed,
+                trajectory=str(Path(args.trajectory).resolve()) if args.trajectory else None)
+
+
+def _configs(setup: dict):
+    from .pipeline import DataConfig, ModelConfig
+    from .train import TrainConfig
+    from .transfer import TransferConfig
+
+    d = dict(setup["data_cfg"], classes=tuple(setup["data_cfg"]["classes"]) if setup["data_cfg"]["classes"] else None)
+    return (DataConfig(**d), ModelConfig(**setup["model_cfg"]), TrainConfig(**setup["train_cfg"]),
+            TransferConfig(**setup["transfer_cfg"]))
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .cli import check_out_dir
+    from . import engine
+
+    out = check_out_dir(args.out)
+    experiment, saved = out / "tune" / "sweep", out / "sweep.json"
+    resources = engine.resources_from_args(args)
+    if args.resume:
+        if not saved.exists():
+            raise LtrayError(f"nothing to resume in {out}: no sweep was started there")
+        setup = json.loads(saved.read_text())
+    else:
+        if saved.exists():
+            raise LtrayError(f"{out} already holds a sweep; pass --resume to continue it, or choose another --out")
+        setup = _setup_from_args(args)
+    data_cfg, model_cfg, train_cfg, transfer_cfg = _configs(setup)
+    space = SearchSpace(**{k: tuple(v) for k, v in setup["space"].items()})
+    source = _given_source(setup["trajectory"], out / "source.safetensors")
+    data = data_cfg.load()
+    if source is not None:
+        from .pipeline import check_trajectory
+        check_trajectory(source, model_cfg.build(data, 0), f"--trajectory {setup['trajectory']}")
+    if not args.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(setup, indent=1))
+    with engine.session(args.num_cpus, args.address):
+        resources = engine.resolve(resources, args.device, args.gpus_per_task is not None)
+        if source is None:
+            source = _train_source(data, data_cfg, model_cfg, train_cfg, setup["seed"], resources,
+                                   out / "source.safetensors")
+        grid = _fit(experiment, args.resume, space, setup, data, source, model_cfg, train_cfg, transfer_cfg,
+                    resources, progress=not args.no_progress)
+    _publish(grid, setup, source, data_cfg, model_cfg, out)
+
+
+def _given_source(trajectory: str | None, saved: Path):
+    """The --trajectory file, or the source a previous run of this sweep trained and saved, or None."""
+    from .trajectory import load_trajectory
+
+    if trajectory:
+        return load_trajectory(trajectory)
+    return load_trajectory(saved) if saved.exists() else None
+
+
+def _train_source(data, data_cfg, model_cfg, train_cfg, seed: int, resources, path: Path):
+    import warnings
+
+    from . import engine
+    from .pipeline import train_source
+    from .trajectory import save_trajectory
+
+    ref = engine.submit(train_source, engine.put_data(data), resources, timed=False, data_cfg=data_cfg,
+                        model_cfg=model_cfg, train_cfg=train_cfg, seed=seed, progress=False)
+    source = engine.get(ref)
+    with warnings.catch_warnings():  # the array is a read-only view of the object store; saving only reads it
+        warnings.simplefilter("ignore", UserWarning)
+        save_trajectory(source, path)
+    return source
+
+
+def _fit(experiment: Path, resume: bool, space: SearchSpace, setup: dict, data, source, model_cfg, train_cfg,
+         transfer_cfg, resources, progress: bool):
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from .engine import as_numpy
+
+    finetune = setup["objective"] == "finetuned_val_acc"
+    trial_setup = dict(model_cfg=model_cfg, train_cfg=train_cfg, transfer_cfg=transfer_cfg,
+                       finetune_epochs=setup["finetune_epochs"], seed_target=setup["seed"] + 1000)
+    trainable = tune.with_resources(tune.with_parameters(trial, data=as_numpy(data), source=source, setup=trial_setup),
+                                    {"cpu": resources.num_cpus, "gpu": resources.num_gpus})
+    if resume:
+        if not tune.Tuner.can_restore(str(experiment)):
+            raise LtrayError(f"nothing to resume: {experiment} holds no restorable Tune experiment")
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=space.param_space(finetune),
+            tune_config=tune.TuneConfig(metric=setup["objective"], mode="max", num_samples=setup["num_samples"],
+                                        search_alg=BasicVariantGenerator(points_to_evaluate=space.sample(
+                                            setup["num_samples"], setup["seed"], finetune))),
+            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent.resolve()),
+                                      verbose=1 if progress else 0,
+                                      failure_config=tune.FailureConfig(max_failures=resources.max_retries)))
+    return tuner.fit()
+
+
+def _publish(grid, setup: dict, source, data_cfg, model_cfg, out: Path) -> None:
+    import pandas as pd
+
+    from .results import SWEEP_SCHEMA, config_hash, provenance, write_parquet
+
+    objective, run_id = setup["objective"], config_hash(setup)
+    rows = []
+    for result in grid:
+        cfg, m = result.config or {}, result.metrics or {}
+        error = str(result.error).strip().splitlines()[-1] if result.error else None
+        status = "error" if error else "ok" if m.get(objective) is not None else "unfinished"
+        rows.append(dict(trial_id=m.get("trial_id") or Path(result.path).name, status=status,
+                         dataset=data_cfg.name, model=model_cfg.name, width=int(source.meta.get("width", 0)),
+                         seed_source=int(source.meta.get("seed", 0)), seed_target=setup["seed"] + 1000,
+                         T=cfg.get("T"), batch_size=cfg.get("batch_size"), schedule=cfg.get("schedule"),
+                         method=cfg.get("method"), finetune_lr=cfg.get("finetune_lr"),
+                         finetune_epochs=setup["finetune_epochs"] if "finetune_lr" in cfg else None,
+                         objective=objective, objective_value=m.get(objective),
+                         **{k: m.get(k) for k in ("best_val_acc", "final_val_acc", "best_step", "finetuned_val_acc",
+                                                  "transfer_seconds", "seconds")},
+                         error=error, **provenance(run_id)))
+    rows.sort(key=lambda r: r["trial_id"])
+    path = write_parquet(rows, SWEEP_SCHEMA, out / "sweep.parquet")
+    df = pd.DataFrame(rows)
+    ok = df[df.status == "ok"].sort_values("objective_value", ascending=False)
+    cols = ["T", "batch_size", "schedule", "method"] + (["finetune_lr"] if df.finetune_lr.notna().any() else []) \
+        + [objective, "seconds"]
+    print(ok[cols].head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    failed = df[df.status == "error"]
+    if len(failed):
+        print(f"{len(failed)} of {len(df)} trials failed, e.g.: {failed.error.iloc[0]}")
+    print(f"wrote {path} ({len(df)} trials)")
+    unfinished = int((df.status == "unfinished").sum())
+    if unfinished:  # Tune stopped on Ctrl-C and saved its state
+        print(f"{unfinished} of {len(df)} trials unfinished; continue with: ltray sweep --out {out} --resume")
+        raise KeyboardInterrupt
+    if not len(ok):
+        raise LtrayError(f"every trial failed, e.g.: {failed.error.iloc[0]}")
