@@ -297,3 +297,63 @@ def resolve_from_args(args: argparse.Namespace) -> tuple[Resources, int]:
     """(resources checked against the running cluster, bound on tasks in flight)."""
     res = resolve(resources_from_args(args), getattr(args, "device", None), args.gpus_per_task is not None)
     return res, args.max_in_flight or 2 * task_slots(res)
+
+
+# ---- cluster launcher config -----------------------------------------------------------------------------
+
+def check_cluster_config(path: str | os.PathLike) -> dict:
+    """Validate a `ray up` YAML offline, as `ray up` does before it contacts the cloud: Ray's prepare_config
+    (merge the provider's defaults) then validate_config (Ray's JSON schema and its consistency checks).
+    Returns the prepared config; any problem is a one-line LtrayError."""
+    import copy
+
+    import jsonschema
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    try:
+        config = yaml.safe_load(open(path))
+    except OSError as e:
+        raise LtrayError(f"cluster config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise LtrayError(f"cluster config {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("provider"), dict):
+        raise LtrayError(f"cluster config {path} must be a mapping with a provider section")
+    import logging
+
+    logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # prepare_config logs the defaults it fills in
+    try:
+        prepared = prepare_config(copy.deepcopy(config))
+        validate_config(prepared)
+    except jsonschema.ValidationError as e:
+        where = "/".join(map(str, e.absolute_path)) or "top level"
+        raise LtrayError(f"cluster config {path} does not validate at {where}: {e.message.splitlines()[0]}") from None
+    except (ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as e:
+        raise LtrayError(f"cluster config {path} does not validate: {str(e).strip().splitlines()[0]}") from None
+    return prepared
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ltray.engine check-cluster cluster.yaml`"""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m ltray.engine", description="Ray helpers of ltray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check-cluster", help="validate a `ray up` cluster YAML offline").add_argument("config")
+    args = parser.parse_args(argv)
+    try:
+        config = check_cluster_config(args.config)
+    except LtrayError as e:
+        print(f"ltray check-cluster: error: {e}", file=sys.stderr)
+        return 2
+    types = config["available_node_types"]
+    print(f"{args.config}: valid ({config['provider']['type']}; head {config['head_node_type']}; worker types "
+          f"{', '.join(t for t in types if t != config['head_node_type'])}; up to {config['max_workers']} workers)")
+    return 0
+
+
+if __name__ == "__main__":  # the importable module's main, not a second copy of this one
+    import sys
+
+    from ltray.engine import main as _main
+    sys.exit(_main())
