@@ -10,7 +10,7 @@ Writes <scenario>_paths.parquet/.png and <scenario>_plane.parquet/.png.
 import sys
 
 from ltray.experiment import main
-from ltray.landscape import mode_connectivity
+from ltray.analysis import mode_connectivity
 from ltray.plots import paths_figure, planes_figure
 from ltray.results import PATH_SCHEMA, PLANE_SCHEMA, provenance
 

@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .errors import LtrayError
 from .data import DataBundle
-from .pipeline import DataConfig, ModelConfig, check_trajectory
+from .errors import LtrayError
+from .landscape import Evaluator, linear_path, plane_surface
 from .models import has_batchnorm, state_of
+from .pipeline import DataConfig, ModelConfig, check_trajectory
 from .pretrained import pretrained_init
 from .results import config_hash, derive_seed, provenance
-from .symmetry import spec_for
+from .symmetry import apply_permutation, spec_for
 from .train import TrainConfig, finetune, train
 from .trajectory import State, Trajectory, load_trajectory, save_trajectory
 from .transfer import METHODS, TransferConfig, TransferResult, transfer
@@ -184,3 +185,33 @@ def subsequent_training(scenario: Scenario, data: Data, run: PairRun, cfg: Subse
 
 def run_id(scenario: Scenario, *extra) -> str:
     return config_hash(asdict(scenario), *extra)
+
+
+# ---- mode connectivity: the paper's cases (Sec. 4.3) --------------------------------------------------
+
+def mode_connectivity(scenario: Scenario, data: Data, run: PairRun, grid_1d: int = 25, grid_2d: int = 21,
+                      margin: float = 0.2, split: str = "val", device: str = "cpu",
+                      plane_points: tuple[str, ...] = ("trained", "oracle", "fgmt")) -> tuple[list[dict], list[dict]]:
+    """The 1-D paths of each method's transferred theta2^T (ltray.analysis.PairRun `run`) to
+         case "source":  pi_T theta1^T, the source permuted by the method's last permutation ("Source*"),
+         case "trained": theta2^T actually trained from theta2^0,
+    and the 2-D surface on the plane through `plane_points` (names: "trained" or a method). Returns
+    (path rows, plane rows) without provenance columns."""
+    model = scenario.model.build(data.task, run.seed_target).to(device)
+    spec = spec_for(model)
+    evaluator = Evaluator(model, getattr(data.task, split), data.task.train, scenario.transfer.bn_samples)
+    common = dict(scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target, split=split)
+    theta1_T, theta2_T = run.source.state(-1, device), run.target.state(-1, device)
+    paths = []
+    for method, result in run.results.items():
+        source_star = apply_permutation(spec, result.perms[-1], theta1_T)
+        for case, a in (("source", source_star), ("trained", theta2_T)):
+            paths += [dict(r, method=method, case=case, point_a="source*" if case == "source" else "trained",
+                           point_b="transferred", **common)
+                      for r in linear_path(evaluator, a, result.final, grid_1d)]
+    planes = []
+    if all(p == "trained" or p in run.results for p in plane_points):
+        points = {p: theta2_T if p == "trained" else run.results[p].final for p in plane_points}
+        grid, anchors = plane_surface(evaluator, points, grid_2d, margin)
+        planes = [dict(r, point=None, **common) for r in grid] + [dict(a, **common) for a in anchors]
+    return paths, planes

@@ -192,40 +192,6 @@ def surface_array(rows: Sequence[dict], value: str = "loss") -> tuple[np.ndarray
     return us, vs, z
 
 
-# ---- figures -------------------------------------------------------------------------------------------
-
-def path_figure(rows: Sequence[dict], title: str = ""):
-    """Loss and accuracy along one path (no seeds: the command's figure)."""
-    from .plots import figure
-
-    fig, axes = figure(2, 1)
-    a = [r["alpha"] for r in rows]
-    first, last = rows[0], rows[-1]
-    for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy (%)")):
-        ax.plot(a, [r[key] for r in rows], marker="o", markersize=3, label=f"{first['point_a']} -> {last['point_b']}")
-        if key == "loss":
-            ax.plot([0, 1], [first[key], last[key]], linestyle="--", color="gray", label="linear in the end losses")
-        ax.set_xlabel(f"alpha (0 = {first['point_a']}, 1 = {last['point_b']})")
-        ax.set_ylabel(f"{first['split']} {name}")
-        ax.legend(fontsize=8)
-    axes[0, 0].set_title(f"{title} barrier {first['barrier']:.3g}".strip(), fontsize=9)
-    return fig
-
-
-def plane_figure(rows: Sequence[dict], anchors: Sequence[dict], title: str = "", split: str = "val"):
-    from .plots import figure, heatmap
-
-    fig, axes = figure(1, 1, panel=(5.2, 4.4))
-    ax = axes[0, 0]
-    u, v, z = surface_array(rows)
-    heatmap(ax, u, v, z, {a["point"]: (a["u"], a["v"]) for a in anchors}, label=f"{split} loss (log scale)")
-    ax.set_xlabel("u (parameter-space distance)")
-    ax.set_ylabel("v (parameter-space distance)")
-    if title:
-        ax.set_title(title, fontsize=9)
-    return fig
-
-
 # ---- `ltray landscape` ---------------------------------------------------------------------------------
 
 def save_state(state: State, path: str | os.PathLike, meta: Mapping | None = None) -> Path:
@@ -309,7 +275,7 @@ def register(subparsers) -> None:
 def cmd_landscape(args: argparse.Namespace) -> None:
     from .cli import check_out_dir
     from .pipeline import DataConfig, ModelConfig, check_names, default_device, with_preset
-    from .plots import save_figure
+    from .plots import path_figure, plane_figure, save_figure
     from .results import PATH_SCHEMA, PLANE_SCHEMA, config_hash, provenance, write_parquet
     from .trajectory import atomic_path
 
@@ -344,7 +310,8 @@ def cmd_landscape(args: argparse.Namespace) -> None:
     device = args.device or default_device()
     points = {k: {n: t.to(device) for n, t in s.items()} for k, s in points.items()}
     evaluator = Evaluator(model.to(device), getattr(data, args.split), data.train, args.bn_samples)
-    common = dict(scenario=None, dataset=args.dataset, classes=",".join(map(str, args.classes)) if args.classes else None,
+    classes = ",".join(map(str, args.classes)) if args.classes else None
+    common = dict(scenario=None, dataset=args.dataset, classes=classes,
                   pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name, width=model_cfg.width,
                   seed_source=None, seed_target=None, split=args.split,
                   **provenance(config_hash(data_cfg, model_cfg, {"points": args.points, "grid": grid,
@@ -374,34 +341,3 @@ def cmd_landscape(args: argparse.Namespace) -> None:
     print(f"{summary}\nwrote {parquet} and {out / f'{name}.png'} ({len(rows)} rows, "
           f"{time.perf_counter() - t0:.1f} s)")
 
-
-# ---- the paper's cases (Sec. 4.3) ----------------------------------------------------------------------
-
-def mode_connectivity(scenario, data, run, grid_1d: int = 25, grid_2d: int = 21, margin: float = 0.2,
-                      split: str = "val", device: str = "cpu",
-                      plane_points: tuple[str, ...] = ("trained", "oracle", "fgmt")) -> tuple[list[dict], list[dict]]:
-    """The 1-D paths of each method's transferred theta2^T (ltray.analysis.PairRun `run`) to
-         case "source":  pi_T theta1^T, the source permuted by the method's last permutation ("Source*"),
-         case "trained": theta2^T actually trained from theta2^0,
-    and the 2-D surface on the plane through `plane_points` (names: "trained" or a method). Returns
-    (path rows, plane rows) without provenance columns."""
-    from .symmetry import apply_permutation, spec_for
-
-    model = scenario.model.build(data.task, run.seed_target).to(device)
-    spec = spec_for(model)
-    evaluator = Evaluator(model, getattr(data.task, split), data.task.train, scenario.transfer.bn_samples)
-    common = dict(scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target, split=split)
-    theta1_T, trained = run.source.state(-1, device), run.target.state(-1, device)
-    paths = []
-    for method, result in run.results.items():
-        source_star = apply_permutation(spec, result.perms[-1], theta1_T)
-        for case, a in (("source", source_star), ("trained", trained)):
-            paths += [dict(r, method=method, case=case, point_a="source*" if case == "source" else "trained",
-                           point_b="transferred", **common)
-                      for r in linear_path(evaluator, a, result.final, grid_1d)]
-    planes = []
-    if all(p == "trained" or p in run.results for p in plane_points):
-        points = {p: trained if p == "trained" else run.results[p].final for p in plane_points}
-        grid, anchors = plane_surface(evaluator, points, grid_2d, margin)
-        planes = [dict(r, point=None, **common) for r in grid] + [dict(a, **common) for a in anchors]
-    return paths, planes

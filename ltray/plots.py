@@ -95,6 +95,39 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     return path
 
 
+# ---- `ltray landscape` figures ------------------------------------------------------------------------
+
+def path_figure(rows: Sequence[dict], title: str = "") -> Figure:
+    """Loss and accuracy along one path (no seeds: the command's figure)."""
+    fig, axes = figure(2, 1)
+    a = [r["alpha"] for r in rows]
+    first, last = rows[0], rows[-1]
+    for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy (%)")):
+        ax.plot(a, [r[key] for r in rows], marker="o", markersize=3, label=f"{first['point_a']} -> {last['point_b']}")
+        if key == "loss":
+            ax.plot([0, 1], [first[key], last[key]], linestyle="--", color="gray", label="linear in the end losses")
+        ax.set_xlabel(f"alpha (0 = {first['point_a']}, 1 = {last['point_b']})")
+        ax.set_ylabel(f"{first['split']} {name}")
+        ax.legend(fontsize=8)
+    axes[0, 0].set_title(f"{title} barrier {first['barrier']:.3g}".strip(), fontsize=9)
+    return fig
+
+
+def plane_figure(rows: Sequence[dict], anchors: Sequence[dict], title: str = "", split: str = "val") -> Figure:
+    """The loss surface of `ltray landscape` with three points."""
+    from .landscape import surface_array
+
+    fig, axes = figure(1, 1, panel=(5.2, 4.4))
+    ax = axes[0, 0]
+    u, v, z = surface_array(rows)
+    heatmap(ax, u, v, z, {a["point"]: (a["u"], a["v"]) for a in anchors}, label=f"{split} loss (log scale)")
+    ax.set_xlabel("u (parameter-space distance)")
+    ax.set_ylabel("v (parameter-space distance)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
 # ---- the analyses' figures (rows as written to Parquet) ------------------------------------------------
 
 ORDER = ["naive", "oracle", "gmt", "fgmt", "standard"]
