@@ -3,14 +3,50 @@
 Every solver takes a square score matrix (torch, any device) and returns an `Assignment`; the matcher
 passes the previous `Assignment` of the same group back as `warm`, so solvers that can reuse prices or
 duals across calls (FGMT's accumulated matrix changes little between steps) may do so.
+
+Solvers (``SOLVERS``):
+
+``"scipy"``
+    Exact: ``scipy.optimize.linear_sum_assignment`` on a float64 CPU copy.  No warm start.
+``"auction"``
+    Exact, certified.  An epsilon-scaling forward auction (Bertsekas; bidders are rows) computes
+    column prices ``p`` and an assignment satisfying eps-complementary slackness (eps-CS).  Then, on
+    the ORIGINAL matrix, the duals ``u_i = max_j (a_ij - p_j)`` give the duality gap
+    ``G = sum_i u_i + sum_j p_j - objective >= optimum - objective >= 0``.  Reduced costs
+    ``u_i + p_j - a_ij`` are >= 0 and any assignment's reduced costs sum to ``dual - its objective``,
+    so every optimal assignment only uses edges of reduced cost <= G.  Either G is at float-rounding
+    level (the auction's assignment is certified optimal as is), or the problem restricted to those
+    few edges is solved exactly by scipy's sparse Jonker-Volgenant (LAPJVsp,
+    ``min_weight_full_bipartite_matching``), and its optimum is a global optimum.  If anything goes
+    wrong (bid/round limit, too many edges, no full matching) it falls back to scipy's dense solver
+    (on the reduced costs, which is the same problem and faster with good prices).
+    ``gap_bound`` is 0.0: optimal up to float64 rounding.
+``"auction-eps"``
+    Approximate: the same auction stopped at a final ``eps`` (default ``1e-6 * (max - min) / n``).
+    Standard eps-CS bound: ``objective >= optimum - n * eps``.  ``gap_bound`` reports
+    ``min(n * eps, G) + float slack``, both proven upper bounds on ``optimum - objective``.
+``"auto"``
+    The fastest exact solver for the matcher: see ``_auto`` for the rule (measured with
+    ``benchmarks/bench_lap.py``).  Recommended default.
+
+The auction runs the same torch code on CPU and CUDA in float64: vectorised Jacobi bidding rounds
+while many rows are unassigned, then (once few are left, where a Jacobi round would move a single
+bid) sequential Gauss-Seidel bids on small CPU arrays.  Each row keeps a candidate list of its K best
+columns (see ``_Auction``) so a bid costs O(K), not O(n).  The ``state`` of an auction `Assignment` is
+an `AuctionState` (prices, final eps); passing the Assignment back as ``warm`` for the next, slightly
+changed, matrix of the same shape restarts from those prices and that assignment at a smaller eps.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from .errors import LtrayError
 
@@ -20,23 +56,514 @@ class Assignment:
     perm: torch.Tensor                 # int64 (n,): row i is assigned column perm[i]
     state: object | None = None        # solver-specific warm-start state (prices, duals)
     gap_bound: float = 0.0             # proven upper bound on optimum - achieved objective (0: exact)
+    method: str = ""                   # what produced perm: "scipy", "auction+sparse", "auction->scipy", ...
+    info: dict = field(default_factory=dict, compare=False, repr=False)   # solver statistics
+
+
+@dataclass(frozen=True)
+class AuctionState:
+    prices: torch.Tensor               # float64 (n,) column prices, on the score's device
+    eps: float                         # the final eps the prices were computed at
+
+
+_F64_EPS = float(np.finfo(np.float64).eps)
+_CHUNK_ELEMS = 1 << 20                 # elements per row block in full-row passes (8 MiB of float64)
+_JITTER_ROWS = 512                     # distinct rows of the tie-breaking jitter pattern
+
+# tuning (see benchmarks/bench_lap.py)
+AUCTION_K = 32                         # candidate columns kept per row
+AUCTION_THETA = 8.0                    # eps reduction factor between phases
+AUCTION_GS_BELOW = 48                  # switch from Jacobi rounds to sequential bids below this many bidders
+SPARSE_MAX_EDGES_PER_ROW = 32          # exact finish: sparse LAPJV up to this many edges per row, else dense
+EXACT_EPS_REL = 1e-2                   # exact mode: final eps = EXACT_EPS_REL * (max - min) / n
+WARM_QUANTILE = 0.95                   # warm start: first eps = this quantile of the rows' eps-CS violations
+APPROX_EPS_REL = 1e-6                  # auction-eps default: eps = APPROX_EPS_REL * (max - min) / n
+AUTO_MIN_N_CPU = 1 << 30               # "auto" on the CPU: auction from this size on (see _auto)
+
+
+# ----------------------------------------------------------------------------------------------
+# scipy
+# ----------------------------------------------------------------------------------------------
+
+def _scipy_perm(a64: np.ndarray, maximize: bool = True) -> np.ndarray:
+    rows, cols = linear_sum_assignment(a64, maximize=maximize)
+    perm = np.empty_like(cols)
+    perm[rows] = cols
+    return perm
+
+
+def _check_finite(score: torch.Tensor) -> None:
+    if score.is_floating_point() and not bool(torch.isfinite(score).all()):
+        raise LtrayError("assignment score matrix has NaN or infinite entries")
 
 
 def _scipy(score: torch.Tensor, warm: Assignment | None) -> Assignment:
-    rows, cols = linear_sum_assignment(score.detach().to("cpu", torch.float64).numpy(), maximize=True)
-    perm = np.empty_like(cols)
-    perm[rows] = cols
-    return Assignment(torch.from_numpy(perm).to(score.device))
+    _check_finite(score)
+    perm = _scipy_perm(score.detach().to("cpu", torch.float64).numpy())
+    return Assignment(torch.from_numpy(perm).to(score.device), method="scipy")
 
 
-SOLVERS = {"scipy": _scipy}
+# ----------------------------------------------------------------------------------------------
+# auction
+# ----------------------------------------------------------------------------------------------
+
+class _AuctionFailed(Exception):
+    pass
 
 
-def solve_assignment(score: torch.Tensor, solver: str = "scipy", warm: Assignment | None = None) -> Assignment:
-    if score.ndim != 2 or score.shape[0] != score.shape[1]:
-        raise LtrayError(f"assignment needs a square score matrix, got shape {tuple(score.shape)}")
+class _Auction:
+    """Epsilon-scaling forward auction on A' = A + delta * J, J in [0, 1) a fixed pseudo-random
+    pattern that breaks exact ties (identical rows would otherwise all chase the same column in a
+    Jacobi round).  A' differs from A by at most delta per entry, i.e. n * delta in objective.
+
+    Candidate lists: each row keeps the K columns with the largest a'_ij - p_j at the time the list
+    was computed, plus beta_i, the (K+1)-th largest value then.  Prices only rise, so beta_i stays an
+    upper bound on a'_ij - p_j for every non-candidate j.  If the best candidate is >= beta_i it is
+    the row's true best column, and bidding p_j + w1 - max(w2_candidates, beta_i) + eps (a possibly
+    smaller bid than the textbook one, since that second value is >= the true second best) keeps
+    eps-CS for the bidder; otherwise the row's list is recomputed from the full row first.
+    """
+
+    def __init__(self, A: torch.Tensor, delta: float, K: int, max_bids: int):
+        n = A.shape[0]
+        self.A, self.n, self.dev = A, n, A.device
+        self.delta = float(delta)
+        self.K = max(1, min(K, n - 1))
+        self.max_bids = max_bids
+        self.rounds = 0          # Jacobi rounds
+        self.bids = 0            # bids placed (Jacobi bidders + sequential bids)
+        self.seq_bids = 0
+        self.refreshed = 0       # full-row candidate recomputations
+        m = min(n, _JITTER_ROWS)
+        self.jrows = m
+        if self.delta > 0:
+            g = torch.Generator(device="cpu").manual_seed(0x5EED)
+            self.J = torch.rand(m, n, generator=g, dtype=torch.float64).to(self.dev)
+        else:
+            self.J = None
+        self.arange = torch.arange(n, device=self.dev)
+        self._A_np = A.numpy() if self.dev.type == "cpu" else None
+        self._J_np = self.J.numpy() if (self.J is not None and self.dev.type == "cpu") else None
+
+    # -- full-row passes ------------------------------------------------------------------------
+    def aprime(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        v = self.A[rows, cols]
+        if self.J is not None:
+            v = v + self.delta * self.J[rows % self.jrows, cols]
+        return v
+
+    def topk_rows(self, rows: torch.Tensor | None, p: torch.Tensor, k1: int):
+        """Top-k1 of a'_ij - p_j over all j for the given rows (None: all rows), in row blocks."""
+        A, n = self.A, self.n
+        m = n if rows is None else rows.numel()
+        step = max(1, _CHUNK_ELEMS // n)
+        vals = torch.empty(m, k1, dtype=A.dtype, device=self.dev)
+        idx = torch.empty(m, k1, dtype=torch.long, device=self.dev)
+        buf = torch.empty(min(step, m), n, dtype=A.dtype, device=self.dev)
+        for s in range(0, m, step):
+            e = min(m, s + step)
+            b = buf[: e - s]
+            if rows is None:
+                torch.sub(A[s:e], p, out=b)
+                jr = torch.arange(s, e, device=self.dev) % self.jrows if self.J is not None else None
+            else:
+                rr = rows[s:e]
+                torch.sub(A[rr], p, out=b)
+                jr = rr % self.jrows if self.J is not None else None
+            if jr is not None:
+                b.add_(self.J[jr], alpha=self.delta)
+            v, i = b.topk(k1, dim=1)
+            vals[s:e] = v
+            idx[s:e] = i
+        return vals, idx
+
+    def init_candidates(self, p: torch.Tensor) -> torch.Tensor:
+        """Candidate lists for all rows; returns max_j a'_ij - p_j per row."""
+        K = self.K
+        vals, idx = self.topk_rows(None, p, K + 1)
+        self.cand = idx[:, :K].contiguous()
+        self.candv = (vals[:, :K] + p[self.cand]).contiguous()   # a' values of the candidates
+        self.beta = vals[:, K].contiguous()
+        self.refreshed += self.n
+        return vals[:, 0]
+
+    def refresh(self, rows: torch.Tensor, p: torch.Tensor):
+        K = self.K
+        vals, idx = self.topk_rows(rows, p, K + 1)
+        c = idx[:, :K]
+        self.cand[rows] = c
+        self.candv[rows] = vals[:, :K] + p[c]
+        self.beta[rows] = vals[:, K]
+        self.refreshed += rows.numel()
+        return vals, idx
+
+    def upper_values(self, p: torch.Tensor) -> torch.Tensor:
+        """Upper bound on max_j a'_ij - p_j per row (exact where the best candidate >= beta)."""
+        return torch.maximum((self.candv - p[self.cand]).max(dim=1).values, self.beta)
+
+    # -- bidding --------------------------------------------------------------------------------
+    def unassign_violators(self, eps: torch.Tensor, p, row_col, col_row) -> None:
+        """Start of a phase: unassign rows whose assignment may violate eps-CS."""
+        rows = (row_col >= 0).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return
+        cols = row_col[rows]
+        val = self.aprime(rows, cols) - p[cols]
+        bad = val < self.upper_values(p)[rows] - eps[rows]
+        br = rows[bad]
+        if br.numel():
+            col_row[row_col[br]] = -1
+            row_col[br] = -1
+
+    def jacobi_round(self, U: torch.Tensor, eps: torch.Tensor, p, row_col, col_row, best, winner) -> None:
+        K = self.K
+        cidx = self.cand[U]
+        cv = self.candv[U] - p[cidx]
+        if K >= 2:
+            tv, tp = cv.topk(2, dim=1)
+            w1, w2 = tv[:, 0], tv[:, 1]
+        else:
+            w1, tp = cv.max(dim=1, keepdim=True)
+            w1 = w1[:, 0]
+            w2 = torch.full_like(w1, -math.inf)
+        j1 = cidx.gather(1, tp[:, :1]).squeeze(1)
+        bU = self.beta[U]
+        stale = (w1 < bU).nonzero().squeeze(1)
+        if stale.numel():
+            vals, idx = self.refresh(U[stale], p)
+            w1 = w1.index_put((stale,), vals[:, 0])
+            w2 = w2.index_put((stale,), vals[:, 1])
+            j1 = j1.index_put((stale,), idx[:, 0])
+            bU = bU.index_put((stale,), vals[:, K])
+        bid = p[j1] + (w1 - torch.maximum(w2, bU)) + eps[U]
+        best.fill_(-math.inf).scatter_reduce_(0, j1, bid, "amax")
+        top = bid >= best[j1]
+        winner.fill_(-1).scatter_reduce_(0, j1[top], U[top], "amax")
+        won = winner[j1] == U
+        wj = j1[won]
+        wi = U[won]
+        old = col_row[wj]
+        row_col[old[old >= 0]] = -1
+        col_row[wj] = wi
+        row_col[wi] = wj
+        p[wj] = best[wj]
+        self.rounds += 1
+        self.bids += U.numel()
+
+    def sequential_bids(self, eps: torch.Tensor, p, row_col, col_row) -> None:
+        """Gauss-Seidel bidding of the few remaining free rows, on CPU numpy arrays."""
+        on_cpu = self.dev.type == "cpu"
+        K = self.K
+        if on_cpu:
+            cand, candv, beta = self.cand.numpy(), self.candv.numpy(), self.beta.numpy()
+            pn, rc, cr = p.numpy(), row_col.numpy(), col_row.numpy()
+        else:
+            cand, candv, beta = self.cand.cpu().numpy(), self.candv.cpu().numpy(), self.beta.cpu().numpy()
+            pn, rc, cr = p.cpu().numpy(), row_col.cpu().numpy(), col_row.cpu().numpy()
+            p_dev = p
+        A_np, J_np, delta, jrows = self._A_np, self._J_np, self.delta, self.jrows
+        eps_np = eps.cpu().numpy()
+        free = np.nonzero(rc < 0)[0].tolist()
+        neg_inf = -math.inf
+        bids = 0
+        limit = self.max_bids - self.bids
+        while free:
+            i = free.pop()
+            c = cand[i]
+            v = candv[i] - pn[c]
+            k1 = int(v.argmax())
+            w1 = float(v[k1])
+            if w1 < beta[i]:
+                # stale list: recompute the row's K+1 best columns
+                if on_cpu:
+                    row = A_np[i] - pn
+                    if J_np is not None:
+                        row += delta * J_np[i % jrows]
+                    top = np.argpartition(row, -(K + 1))[-(K + 1):]
+                    order = np.argsort(-row[top])
+                    top = top[order]
+                    tv = row[top]
+                else:
+                    p_dev.copy_(torch.from_numpy(pn))
+                    tvv, tii = self.topk_rows(torch.tensor([i], device=self.dev), p_dev, K + 1)
+                    tv, top = tvv[0].cpu().numpy(), tii[0].cpu().numpy()
+                cand[i] = top[:K]
+                candv[i] = tv[:K] + pn[top[:K]]
+                beta[i] = tv[K]
+                self.refreshed += 1
+                col, w1, w2 = int(top[0]), float(tv[0]), float(tv[1])
+            else:
+                v[k1] = neg_inf
+                w2 = float(v.max()) if K >= 2 else neg_inf
+                col = int(c[k1])
+            b = float(beta[i])
+            if w2 < b:
+                w2 = b
+            pn[col] += (w1 - w2) + eps_np[i]
+            old = int(cr[col])
+            cr[col] = i
+            rc[i] = col
+            if old >= 0:
+                rc[old] = -1
+                free.append(old)
+            bids += 1
+            if bids > limit:
+                break
+        self.bids += bids
+        self.seq_bids += bids
+        if not on_cpu:
+            self.cand.copy_(torch.from_numpy(cand))
+            self.candv.copy_(torch.from_numpy(candv))
+            self.beta.copy_(torch.from_numpy(beta))
+            p.copy_(torch.from_numpy(pn))
+            row_col.copy_(torch.from_numpy(rc))
+            col_row.copy_(torch.from_numpy(cr))
+        if bids > limit:
+            raise _AuctionFailed("auction bid limit reached")
+
+    def run_phase(self, eps: torch.Tensor, p, row_col, col_row, gs_below: int) -> None:
+        """One eps phase: bid until every row is assigned (eps-CS holds for all of them after)."""
+        n = self.n
+        self.unassign_violators(eps, p, row_col, col_row)
+        best = torch.empty(n, dtype=p.dtype, device=self.dev)
+        winner = torch.empty(n, dtype=torch.long, device=self.dev)
+        while True:
+            U = (row_col < 0).nonzero().squeeze(1)
+            m = U.numel()
+            if m == 0:
+                return
+            if m < gs_below:
+                self.sequential_bids(eps, p, row_col, col_row)
+                return
+            if self.bids > self.max_bids:
+                raise _AuctionFailed("auction bid limit reached")
+            self.jacobi_round(U, eps, p, row_col, col_row, best, winner)
+
+
+def _auction_solve(score: torch.Tensor, warm: Assignment | None, exact: bool,
+                   eps: float | None = None, max_bids: int | None = None,
+                   sparse_edges_per_row: int | None = None) -> Assignment:
+    t_start = time.perf_counter()
+    n = score.shape[0]
+    dev = score.device
+    if n == 0:
+        return Assignment(torch.zeros(0, dtype=torch.long, device=dev), method="trivial")
+    A = score.detach().to(torch.float64).contiguous()
+    if not bool(torch.isfinite(A).all()):
+        raise LtrayError("assignment score matrix has NaN or infinite entries")
+    amax, amin = float(A.max()), float(A.min())
+    C = amax - amin
+    if n == 1 or C == 0.0:
+        # every permutation is optimal
+        st = AuctionState(torch.zeros(n, dtype=torch.float64, device=dev), 0.0)
+        return Assignment(torch.arange(n, device=dev), st, 0.0, method="trivial")
+    scale = max(abs(amax), abs(amin))
+    # eps must stay far above the rounding of prices (O(scale + C) in practice)
+    eps_floor = 1e3 * _F64_EPS * (scale + C)
+    if exact:
+        eps_final = max(EXACT_EPS_REL * C / n, eps_floor)
+    else:
+        eps_target = eps if eps is not None else APPROX_EPS_REL * C / n
+        if not eps_target > 0:
+            raise LtrayError(f"auction eps must be positive, got {eps_target}")
+        eps_final = max(eps_target / 2, eps_floor)
+    # jitter size: eps-CS at eps_final on A' gives objective >= optimum - n * (eps_final + delta)
+    delta = eps_final
+    theta = AUCTION_THETA
+    au = _Auction(A, delta, AUCTION_K, max_bids=150 * n + 50_000 if max_bids is None else max_bids)
+
+    row_col = torch.full((n,), -1, dtype=torch.long, device=dev)
+    col_row = torch.full((n,), -1, dtype=torch.long, device=dev)
+    eps_start = C / theta
+    use_warm = (warm is not None and isinstance(warm.state, AuctionState)
+                and tuple(warm.state.prices.shape) == (n,) and tuple(warm.perm.shape) == (n,))
+    if use_warm:
+        p = warm.state.prices.detach().to(dev, torch.float64).clone()
+        p -= p.min()
+    else:
+        p = torch.zeros(n, dtype=torch.float64, device=dev)
+    top1 = au.init_candidates(p)
+    warm_used = False
+    if use_warm:
+        wp = warm.perm.detach().to(dev, torch.long)
+        if bool(((wp >= 0) & (wp < n)).all()) and bool((torch.bincount(wp, minlength=n) == 1).all()):
+            row_col.copy_(wp)
+            col_row[wp] = au.arange
+            slack = top1 - (au.aprime(au.arange, wp) - p[wp])
+            # start where most (not all: a few outliers would force a cold start) warm rows satisfy eps-CS
+            eps_start = min(eps_start, max(float(torch.quantile(slack, WARM_QUANTILE)), eps_final))
+            warm_used = True
+
+    eps_list = []
+    e = max(eps_start, eps_final)
+    while e > eps_final * theta:
+        eps_list.append(e)
+        e /= theta
+    eps_list.append(eps_final)
+    info = {"n": n, "phases": len(eps_list), "warm": warm_used}
+    try:
+        for e in eps_list:
+            au.run_phase(torch.full((n,), e, dtype=torch.float64, device=dev), p, row_col, col_row,
+                         AUCTION_GS_BELOW)
+    except _AuctionFailed as err:
+        info.update(_auction_info(au, t_start), failed=str(err))
+        return _fallback(score, A, p, exact, info)
+    info.update(_auction_info(au, t_start))
+    state = AuctionState(p, eps_list[-1])
+    perm = row_col
+    G, u, exact_rows = _dual_gap(au, A, p, perm)
+    slack = 64 * n * _F64_EPS * (scale + float(p.abs().max()))
+    info["dual_gap"] = G
+    if not exact:
+        bound = min(n * (eps_list[-1] + delta), G) + slack
+        return Assignment(perm, state, bound, method="auction-eps", info=info)
+    if G <= slack:
+        return Assignment(perm, state, 0.0, method="auction(certified)", info=info)
+    res = _sparse_finish(au, A, p, perm, u, exact_rows, G + slack, info,
+                         SPARSE_MAX_EDGES_PER_ROW if sparse_edges_per_row is None else sparse_edges_per_row)
+    if res is None:
+        return _fallback(score, A, p, exact, info, state)
+    info["t_total"] = time.perf_counter() - t_start
+    return Assignment(res, state, 0.0, method="auction+sparse", info=info)
+
+
+def _auction_info(au: _Auction, t_start: float) -> dict:
+    return {"rounds": au.rounds, "bids": au.bids, "seq_bids": au.seq_bids, "refreshed": au.refreshed,
+            "t_auction": time.perf_counter() - t_start}
+
+
+def _fallback(score, A, p, exact, info, state=None) -> Assignment:
+    """Exact dense solve; with prices, on the (equivalent, better conditioned) reduced costs."""
+    t0 = time.perf_counter()
+    C = float(A.max() - A.min())
+    if p is not None and float(p.abs().max()) <= 1e3 * (C + float(A.abs().max())):
+        R = A - p
+        R = R.max(dim=1, keepdim=True).values - R          # u_i + p_j - a_ij >= 0
+        perm = _scipy_perm(R.cpu().numpy(), maximize=False)
+    else:
+        perm = _scipy_perm(A.cpu().numpy())
+    info["t_fallback"] = time.perf_counter() - t0
+    return Assignment(torch.from_numpy(perm).to(score.device), state, 0.0, method="auction->scipy", info=info)
+
+
+def _dual_gap(au: _Auction, A: torch.Tensor, p: torch.Tensor, perm: torch.Tensor):
+    """u_i = max_j a_ij - p_j on the original A, and G = sum u + sum p - objective (>= 0)."""
+    cv = A.gather(1, au.cand) - p[au.cand]
+    u = cv.max(dim=1).values
+    # non-candidates: a_ij - p_j <= a'_ij - p_j <= beta_i, so u is exact where u >= beta
+    exact_rows = u >= au.beta
+    rows = (~exact_rows).nonzero().squeeze(1)
+    if rows.numel():
+        step = max(1, _CHUNK_ELEMS // au.n)
+        for s in range(0, rows.numel(), step):
+            rr = rows[s:s + step]
+            u[rr] = (A[rr] - p).max(dim=1).values
+    prim = A[au.arange, perm] - p[perm]
+    G = float((u - prim).clamp_min(0).sum())
+    return G, u, exact_rows
+
+
+def _sparse_finish(au: _Auction, A, p, perm, u, exact_rows, T: float, info: dict, max_per_row: int):
+    """Solve exactly the assignment restricted to edges of reduced cost u_i + p_j - a_ij <= T."""
+    t0 = time.perf_counter()
+    n = au.n
+    cand = au.cand
+    rc = u[:, None] - (A.gather(1, cand) - p[cand])
+    # rows whose non-candidates might be within T as well need a full-row pass
+    full = (~exact_rows) | (u - au.beta <= T)
+    keep = (rc <= T) & ~full[:, None]
+    r1, k1 = keep.nonzero(as_tuple=True)
+    rows_l, cols_l, w_l = [r1], [cand[r1, k1]], [rc[r1, k1]]
+    fr = full.nonzero().squeeze(1)
+    if fr.numel() > n // 8:
+        # many rows need full-row scans: count first (with early exit) before building edge lists
+        cnt = int(keep.sum())
+        step = max(1, _CHUNK_ELEMS // n)
+        for s in range(0, fr.numel(), step):
+            rr = fr[s:s + step]
+            cnt += int(((u[rr, None] - (A[rr] - p)) <= T).sum())
+            if cnt > max_per_row * n:
+                info.update(nnz=cnt, full_rows=int(fr.numel()))
+                return None
+    if fr.numel():
+        step = max(1, _CHUNK_ELEMS // n)
+        for s in range(0, fr.numel(), step):
+            rr = fr[s:s + step]
+            rcf = u[rr, None] - (A[rr] - p)
+            a, b = (rcf <= T).nonzero(as_tuple=True)
+            rows_l.append(rr[a])
+            cols_l.append(b)
+            w_l.append(rcf[a, b])
+    rows = torch.cat(rows_l)
+    cols = torch.cat(cols_l)
+    nnz = rows.numel()
+    info.update(nnz=nnz, full_rows=int(fr.numel()))
+    if nnz > max_per_row * n:
+        return None
+    # LAPJVsp treats every stored entry as an edge but needs non-zero weights: shift all by T
+    w = (torch.cat(w_l).clamp_min(0) + max(T, 1e-300)).cpu().numpy()
+    g = csr_matrix((w, (rows.cpu().numpy(), cols.cpu().numpy())), shape=(n, n))
+    try:
+        ri, ci = min_weight_full_bipartite_matching(g)
+    except ValueError:
+        return None
+    out = np.empty(n, dtype=np.int64)
+    out[ri] = ci
+    info["t_sparse"] = time.perf_counter() - t0
+    return torch.from_numpy(out).to(A.device)
+
+
+class _CpuThreads:
+    """Run the auction with one intra-op thread on the CPU.  Its rounds are many small tensor ops; with
+    a multi-threaded pool each pays a fork/join, which on a busy machine (descheduled worker threads)
+    made single small ops take milliseconds.  The previous setting is restored afterwards."""
+
+    def __init__(self, device: torch.device):
+        self.active = device.type == "cpu" and torch.get_num_threads() > 1
+
+    def __enter__(self):
+        if self.active:
+            self.saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.active:
+            torch.set_num_threads(self.saved)
+
+
+def _auction(score: torch.Tensor, warm: Assignment | None) -> Assignment:
+    with _CpuThreads(score.device):
+        return _auction_solve(score, warm, exact=True)
+
+
+def _auction_eps(score: torch.Tensor, warm: Assignment | None, eps: float | None = None) -> Assignment:
+    with _CpuThreads(score.device):
+        return _auction_solve(score, warm, exact=False, eps=eps)
+
+
+def _auto(score: torch.Tensor, warm: Assignment | None) -> Assignment:
+    """Exact solver choice: the auction on CUDA and for large CPU matrices, scipy otherwise."""
+    n = score.shape[0]
+    if score.device.type == "cpu" and n < AUTO_MIN_N_CPU:
+        return _scipy(score, warm)
+    return _auction(score, warm)
+
+
+SOLVERS = {"scipy": _scipy, "auction": _auction, "auction-eps": _auction_eps, "auto": _auto}
+
+
+def solve_assignment(score: torch.Tensor, solver: str = "auto", warm: Assignment | None = None,
+                     *, eps: float | None = None) -> Assignment:
+    """Maximise sum_i score[i, perm[i]].  ``eps`` is the final epsilon of ``"auction-eps"`` only."""
+    if not isinstance(score, torch.Tensor) or score.ndim != 2 or score.shape[0] != score.shape[1]:
+        shape = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
+        raise LtrayError(f"assignment needs a square score matrix, got shape {shape}")
     try:
         fn = SOLVERS[solver]
     except KeyError:
         raise LtrayError(f"unknown assignment solver {solver!r}; known: {', '.join(SOLVERS)}") from None
+    if eps is not None:
+        if solver != "auction-eps":
+            raise LtrayError(f"eps only applies to the 'auction-eps' solver, not {solver!r}")
+        return fn(score, warm, eps=eps)
     return fn(score, warm)

@@ -1,0 +1,184 @@
+"""Assignment solvers against scipy's optimum: exact modes match it, approximate modes stay within their
+reported bound, warm starts reach the new optimum, and every result is a permutation."""
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from ltray.errors import LtrayError
+from ltray.lap import SOLVERS, Assignment, AuctionState, _auction_solve, solve_assignment
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+EXACT = ["scipy", "auction", "auto"]
+
+
+def _gen(kind: str, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    if kind == "random":
+        return torch.randn(n, n, generator=g, dtype=f64)
+    if kind == "int-ties":                      # few distinct values: many ties and many optima
+        return torch.randint(0, 4, (n, n), generator=g).to(f64)
+    if kind.startswith("rank"):
+        r = int(kind[4:])
+        return torch.randn(n, r, generator=g, dtype=f64) @ torch.randn(r, n, generator=g, dtype=f64)
+    if kind == "hetero":                        # low rank with log-normal row/column scales (gradient-like)
+        s = torch.exp(torch.randn(n, 1, generator=g, dtype=f64))
+        t = torch.exp(torch.randn(1, n, generator=g, dtype=f64))
+        return (s * torch.randn(n, 20, generator=g, dtype=f64)) @ (torch.randn(20, n, generator=g, dtype=f64) * t)
+    if kind == "constant":
+        return torch.full((n, n), 3.25, dtype=f64)
+    if kind == "dup-rows":                      # blocks of identical rows, incl. a block of zero rows
+        base = torch.randn(n // 4, n, generator=g, dtype=f64)
+        m = base.repeat_interleave(4, dim=0)[:n].clone()
+        m[: n // 8] = 0.0
+        return m
+    if kind == "tiny-scale":                    # values ~1e-9 around an offset of 1e3
+        return 1e3 + 1e-9 * torch.randn(n, n, generator=g, dtype=f64)
+    raise ValueError(kind)
+
+
+def _opt(a: torch.Tensor) -> float:
+    a64 = a.detach().cpu().double().numpy()
+    r, c = linear_sum_assignment(a64, maximize=True)
+    return float(a64[r, c].sum())
+
+
+def _objective(a: torch.Tensor, perm: torch.Tensor) -> float:
+    a64 = a.detach().cpu().double()
+    return float(a64[torch.arange(a.shape[0]), perm.cpu()].sum())
+
+
+def _scale(a: torch.Tensor) -> float:
+    return max(float(a.abs().sum(dim=1).max()), 1e-300) * 1.0
+
+
+def _check_perm(res: Assignment, n: int, device: str) -> None:
+    assert isinstance(res, Assignment)
+    assert res.perm.dtype == torch.int64 and tuple(res.perm.shape) == (n,)
+    assert res.perm.device.type == torch.device(device).type
+    assert torch.equal(torch.sort(res.perm.cpu()).values, torch.arange(n))
+
+
+CASES = [("random", 200), ("random", 512), ("int-ties", 300), ("rank5", 256), ("rank50", 384),
+         ("rank1", 128), ("hetero", 320), ("constant", 64), ("dup-rows", 160), ("tiny-scale", 96),
+         ("random", 1), ("random", 2), ("random", 3), ("int-ties", 3), ("constant", 2)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("solver", EXACT)
+@pytest.mark.parametrize("kind,n", CASES)
+def test_exact_solvers_reach_scipy_optimum(kind, n, solver, device):
+    a = _gen(kind, n, seed=n).to(device)
+    res = solve_assignment(a, solver)
+    _check_perm(res, n, device)
+    opt = _opt(a)
+    got = _objective(a, res.perm)
+    # relative to the objective's magnitude (sum of |row| maxima bounds every objective)
+    assert opt - got <= 1e-9 * max(abs(opt), _scale(a)), (kind, n, solver, opt, got, res.method)
+    assert res.gap_bound == 0.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind,n", [("random", 256), ("int-ties", 200), ("rank5", 256), ("hetero", 256),
+                                    ("dup-rows", 128), ("random", 2)])
+@pytest.mark.parametrize("rel", [1e-1, 1e-4])
+def test_auction_eps_gap_within_reported_bound(kind, n, rel, device):
+    a = _gen(kind, n, seed=7 + n).to(device)
+    C = float(a.max() - a.min())
+    eps = rel * max(C, 1e-12) / max(n, 1)
+    res = solve_assignment(a, "auction-eps", eps=eps)
+    _check_perm(res, n, device)
+    gap = _opt(a) - _objective(a, res.perm)
+    assert res.gap_bound >= 0.0
+    assert res.gap_bound <= n * eps * 1.0001 + 1e-9 * _scale(a)      # the a priori n * eps bound
+    assert gap <= res.gap_bound + 1e-12 * _scale(a), (gap, res.gap_bound)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["random", "rank50", "hetero", "int-ties"])
+@pytest.mark.parametrize("solver", ["auction", "auction-eps"])
+def test_warm_start_from_perturbed_matrix(kind, solver, device):
+    n = 256
+    a0 = _gen(kind, n, seed=11).to(device)
+    g = torch.Generator().manual_seed(12)
+    if kind == "int-ties":
+        a1 = a0 + torch.randint(0, 2, (n, n), generator=g).to(a0)
+    else:   # FGMT-like step: one more low-rank term
+        a1 = a0 + 0.3 * (torch.randn(n, 8, generator=g, dtype=torch.float64)
+                         @ torch.randn(8, n, generator=g, dtype=torch.float64)).to(device) * a0.std()
+    first = solve_assignment(a0, solver)
+    assert isinstance(first.state, AuctionState) and first.state.prices.shape == (n,)
+    second = solve_assignment(a1, solver, warm=first)
+    _check_perm(second, n, device)
+    assert second.info.get("warm") is True
+    gap = _opt(a1) - _objective(a1, second.perm)
+    if solver == "auction":
+        assert gap <= 1e-9 * max(abs(_opt(a1)), _scale(a1))
+    else:
+        assert gap <= second.gap_bound + 1e-12 * _scale(a1)
+
+
+def test_warm_start_ignores_unusable_state():
+    a = _gen("random", 64, seed=3)
+    other = solve_assignment(_gen("random", 32, seed=4), "auction")             # wrong size
+    res = solve_assignment(a, "auction", warm=other)
+    assert _objective(a, res.perm) >= _opt(a) - 1e-9 * _scale(a)
+    scipy_res = solve_assignment(a, "scipy")                                     # no auction state
+    res = solve_assignment(a, "auction", warm=scipy_res)
+    assert _objective(a, res.perm) >= _opt(a) - 1e-9 * _scale(a)
+
+
+def test_bid_limit_falls_back_to_exact_scipy():
+    a = _gen("hetero", 200, seed=5)
+    res = _auction_solve(a, None, exact=True, max_bids=10)
+    assert res.method == "auction->scipy" and "failed" in res.info
+    _check_perm(res, 200, "cpu")
+    assert _objective(a, res.perm) >= _opt(a) - 1e-9 * _scale(a)
+
+
+def test_dense_finish_when_threshold_graph_is_large():
+    a = _gen("rank5", 200, seed=6)
+    res = _auction_solve(a, None, exact=True, sparse_edges_per_row=0)
+    assert res.method in ("auction->scipy", "auction(certified)")
+    assert _objective(a, res.perm) >= _opt(a) - 1e-9 * _scale(a)
+
+
+def test_float32_and_integer_inputs():
+    a = _gen("random", 100, seed=8)
+    for x in (a.float(), (a * 10).round().to(torch.int64)):
+        res = solve_assignment(x, "auction")
+        _check_perm(res, 100, "cpu")
+        assert _objective(x, res.perm) >= _opt(x) - 1e-9 * _scale(x.double())
+
+
+def test_empty_matrix():
+    for solver in ("auction", "auction-eps"):
+        res = solve_assignment(torch.zeros(0, 0), solver)
+        assert res.perm.shape == (0,)
+
+
+def test_bad_input_is_a_user_error():
+    with pytest.raises(LtrayError):
+        solve_assignment(torch.zeros(3, 4), "auction")
+    with pytest.raises(LtrayError):
+        solve_assignment(torch.zeros(3), "scipy")
+    with pytest.raises(LtrayError):
+        solve_assignment(torch.zeros(3, 3), "hungarian-magic")
+    bad = torch.zeros(4, 4)
+    bad[1, 2] = float("nan")
+    for solver in SOLVERS:
+        with pytest.raises(LtrayError):
+            solve_assignment(bad, solver)
+    with pytest.raises(LtrayError):
+        solve_assignment(torch.eye(3), "auction-eps", eps=-1.0)
+    with pytest.raises(LtrayError):
+        solve_assignment(torch.eye(3), "scipy", eps=1e-3)
+
+
+def test_solver_registry_and_default():
+    assert {"scipy", "auction", "auction-eps", "auto"} <= set(SOLVERS)
+    a = _gen("rank5", 128, seed=9)
+    res = solve_assignment(a)           # default: "auto", exact
+    assert res.gap_bound == 0.0
+    assert abs(_objective(a, res.perm) - _opt(a)) <= 1e-9 * _scale(a)
