@@ -197,8 +197,10 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     if given is not None:
         check_trajectory(given, model_cfg.build(data, 0), f"--trajectory {args.trajectory}")
     source_id = trajectory_digest(given) if given else config_hash(data_cfg, model_cfg, train_cfg, {"seed": args.seed})
-    hashes = {"source": source_id, "full": config_hash(data_cfg, model_cfg, train_cfg),
-              "transferred": config_hash(source_id, transfer_cfg, finetune_cfg, {"method": args.method})}
+    # a member file is reused only by a run that would compute the same member
+    hashes = {"source": config_hash(source_id, data_cfg), "full": config_hash(data_cfg, model_cfg, train_cfg),
+              "transferred": config_hash(source_id, data_cfg, model_cfg, transfer_cfg, finetune_cfg,
+                                         {"method": args.method})}
     seed_source = int(given.meta.get("seed", 0)) if given else args.seed
     seeds = [args.seed + 1000 + k for k in range(args.members)]
     plan = [("source", seed_source)] + [("full", s) for s in seeds if args.full_ensemble] + \

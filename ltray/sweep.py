@@ -5,7 +5,8 @@ when the objective fine-tunes) for one source trajectory and one target initiali
 only in their configuration. The source is trained once in a Ray task (or loaded with --trajectory) and
 handed to every trial through the object store (tune.with_parameters), zero-copy. Results: one row per
 trial in DIR/sweep.parquet; Tune's own state lives in DIR/tune (an absolute storage_path, since Tune moves
-trials into their own working directories), so `--resume` continues an interrupted sweep (Tuner.restore).
+trials into their own working directories) or under --storage (s3://, gs:// or a shared mount: multi-node
+sweeps need storage every node reaches), so `--resume` continues an interrupted sweep (Tuner.restore).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LtrayError
+
+EXPERIMENT = "sweep"  # Tune's experiment name under the storage path
 
 # objective -> what it measures (all on the validation split, in %; higher is better)
 OBJECTIVES = {"best_val_acc": "best accuracy along the transferred trajectory (t >= 1)",
@@ -187,6 +190,8 @@ def register(subparsers) -> None:
     g.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out (its saved "
                    "configuration is used; other sweep flags are ignored)")
     g.add_argument("--out", default="runs/sweep", help="output directory (default runs/sweep)")
+    g.add_argument("--storage", default=None, help="Tune's storage_path: s3://..., gs://... or a path every node "
+                   "mounts (needed across nodes; default DIR/tune)")
     add_ray_args(p)
 
 
@@ -234,7 +239,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from . import engine
 
     out = check_out_dir(args.out)
-    experiment, saved = out / "tune" / "sweep", out / "sweep.json"
+    saved = out / "sweep.json"
     resources = engine.resources_from_args(args)
     if args.resume:
         if not saved.exists():
@@ -244,6 +249,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         if saved.exists():
             raise LtrayError(f"{out} already holds a sweep; pass --resume to continue it, or choose another --out")
         setup = _setup_from_args(args)
+        setup["storage"] = _storage(args.storage, out)
     data_cfg, model_cfg, train_cfg, transfer_cfg = _configs(setup)
     space = SearchSpace(**{k: tuple(v) for k, v in setup["space"].items()})
     source = _given_source(setup["trajectory"], out / "source.safetensors")
@@ -251,15 +257,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if source is not None:
         from .pipeline import check_trajectory
         check_trajectory(source, model_cfg.build(data, 0), f"--trajectory {setup['trajectory']}")
-    if not args.resume:
-        out.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(setup, indent=1))
     with engine.session(args.num_cpus, args.address):
         resources = engine.resolve(resources, args.device, args.gpus_per_task is not None)
+        if not args.resume:  # the sweep exists from here on: --resume finds it
+            out.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(setup, indent=1))
         if source is None:
             source = _train_source(data, data_cfg, model_cfg, train_cfg, setup["seed"], resources,
                                    out / "source.safetensors")
-        grid = _fit(experiment, args.resume, space, setup, data, source, model_cfg, train_cfg, transfer_cfg,
+        grid = _fit(setup["storage"], args.resume, space, setup, data, source, model_cfg, train_cfg, transfer_cfg,
                     resources, progress=not args.no_progress)
     _publish(grid, setup, source, data_cfg, model_cfg, out)
 
@@ -289,7 +295,14 @@ def _train_source(data, data_cfg, model_cfg, train_cfg, seed: int, resources, pa
     return source
 
 
-def _fit(experiment: Path, resume: bool, space: SearchSpace, setup: dict, data, source, model_cfg, train_cfg,
+def _storage(storage: str | None, out: Path) -> str:
+    """An absolute storage_path: a URI as given, a path made absolute (Tune runs trials in other directories)."""
+    if storage is None:
+        return str(out / "tune")
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+def _fit(storage: str, resume: bool, space: SearchSpace, setup: dict, data, source, model_cfg, train_cfg,
          transfer_cfg, resources, progress: bool):
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -302,16 +315,17 @@ def _fit(experiment: Path, resume: bool, space: SearchSpace, setup: dict, data, 
     trainable = tune.with_resources(tune.with_parameters(trial, data=as_numpy(data), source=source, setup=trial_setup),
                                     {"cpu": resources.num_cpus, "gpu": resources.num_gpus})
     if resume:
-        if not tune.Tuner.can_restore(str(experiment)):
+        experiment = f"{storage.rstrip('/')}/{EXPERIMENT}"
+        if not tune.Tuner.can_restore(experiment):
             raise LtrayError(f"nothing to resume: {experiment} holds no restorable Tune experiment")
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable, param_space=space.param_space(finetune),
             tune_config=tune.TuneConfig(metric=setup["objective"], mode="max", num_samples=setup["num_samples"],
                                         search_alg=BasicVariantGenerator(points_to_evaluate=space.sample(
                                             setup["num_samples"], setup["seed"], finetune))),
-            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent.resolve()),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage,
                                       verbose=1 if progress else 0,
                                       failure_config=tune.FailureConfig(max_failures=resources.max_retries)))
     return tuner.fit()
@@ -322,7 +336,7 @@ def _publish(grid, setup: dict, source, data_cfg, model_cfg, out: Path) -> None:
 
     from .results import SWEEP_SCHEMA, config_hash, provenance, write_parquet
 
-    objective, run_id = setup["objective"], config_hash(setup)
+    objective, run_id = setup["objective"], config_hash({k: v for k, v in setup.items() if k != "storage"})
     rows = []
     for result in grid:
         cfg, m = result.config or {}, result.metrics or {}

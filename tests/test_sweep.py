@@ -52,15 +52,18 @@ def test_a_bad_space_is_one_line(tmp_path, file, flags, message):
     assert "\n" not in str(err.value)
 
 
-def test_bad_sweep_input_fails_before_any_work(tmp_path, capsys):
+def test_bad_sweep_input_fails_before_any_work(ray_session, tmp_path, capsys):
     assert main(["sweep", "--T", "2,x", "--out", str(tmp_path / "a")]) == 2
     assert main(["sweep", "--objective", "speed", "--out", str(tmp_path / "b")]) == 2
     assert main(["sweep", "--resume", "--out", str(tmp_path / "c")]) == 2
+    assert main(["sweep", "--gpus-per-task", "0.5", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["ltray sweep: error: search space: T values must be int, got ['2', 'x']",
                    "ltray sweep: error: unknown objective 'speed'; known: best_val_acc, final_val_acc, finetuned_val_acc",
-                   f"ltray sweep: error: nothing to resume in {tmp_path / 'c'}: no sweep was started there"]
-    assert not any((tmp_path / d).exists() for d in "abc")
+                   f"ltray sweep: error: nothing to resume in {tmp_path / 'c'}: no sweep was started there",
+                   "ltray sweep: error: no node can run a task needing 1 CPU and 0.5 GPU (nodes: 2 CPU/0 GPU); "
+                   "lower --cpus-per-task/--gpus-per-task or add nodes"]
+    assert not any((tmp_path / d).exists() for d in "abcd")
 
 
 def test_a_small_sweep_writes_one_row_per_trial(ray_session, tmp_path, capsys):
