@@ -22,12 +22,20 @@ Solvers (``SOLVERS``):
     (on the reduced costs, which is the same problem and faster with good prices).
     ``gap_bound`` is 0.0: optimal up to float64 rounding.
 ``"auction-eps"``
-    Approximate: the same auction stopped at a final ``eps`` (default ``1e-6 * (max - min) / n``).
-    Standard eps-CS bound: ``objective >= optimum - n * eps``.  ``gap_bound`` reports
+    Approximate: the same auction stopped at a final ``eps`` (default ``1e-6 * (max - min) / n``;
+    raised to a float floor of about 1e3 ulps of the scores' magnitude if smaller).  Standard eps-CS
+    bound: ``objective >= optimum - n * eps`` (eps/2 of it is the auction's final eps, eps/2 the
+    tie-breaking jitter).  ``gap_bound`` reports
     ``min(n * eps, G) + float slack``, both proven upper bounds on ``optimum - objective``.
 ``"auto"``
-    The fastest exact solver for the matcher: see ``_auto`` for the rule (measured with
-    ``benchmarks/bench_lap.py``).  Recommended default.
+    The recommended default: the fastest solver that is exact, as measured by
+    ``benchmarks/bench_lap.py``.  On the 2-core CPU it was measured on, that is ``"scipy"`` for every
+    size and matrix kind that matters to the matcher: the auction wins only on unstructured or
+    uniformly scaled matrices at n = 4096 (about 1.5x), and loses 2-3x on low-rank matrices with
+    unit-dependent scales (gradient-like, what makes scipy slow), whose price formation costs it
+    about a hundred bids per row.  On CUDA it is also ``"scipy"`` until a GPU benchmark says
+    otherwise (the auction's sequential tail runs on the host).  ``AUTO_AUCTION_MIN_N`` holds the
+    per-device size from which ``"auto"`` would pick ``"auction"`` (None: never).
 
 The auction runs the same torch code on CPU and CUDA in float64: vectorised Jacobi bidding rounds
 while many rows are unassigned, then (once few are left, where a Jacobi round would move a single
@@ -78,7 +86,7 @@ SPARSE_MAX_EDGES_PER_ROW = 32          # exact finish: sparse LAPJV up to this m
 EXACT_EPS_REL = 1e-2                   # exact mode: final eps = EXACT_EPS_REL * (max - min) / n
 WARM_QUANTILE = 0.95                   # warm start: first eps = this quantile of the rows' eps-CS violations
 APPROX_EPS_REL = 1e-6                  # auction-eps default: eps = APPROX_EPS_REL * (max - min) / n
-AUTO_MIN_N_CPU = 1 << 30               # "auto" on the CPU: auction from this size on (see _auto)
+AUTO_AUCTION_MIN_N = {"cpu": None, "cuda": None}   # "auto": auction from this n on (None: never)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -542,11 +550,11 @@ def _auction_eps(score: torch.Tensor, warm: Assignment | None, eps: float | None
 
 
 def _auto(score: torch.Tensor, warm: Assignment | None) -> Assignment:
-    """Exact solver choice: the auction on CUDA and for large CPU matrices, scipy otherwise."""
-    n = score.shape[0]
-    if score.device.type == "cpu" and n < AUTO_MIN_N_CPU:
-        return _scipy(score, warm)
-    return _auction(score, warm)
+    """The fastest exact solver for this device and size (see the module docstring)."""
+    min_n = AUTO_AUCTION_MIN_N.get(score.device.type)
+    if min_n is not None and score.shape[0] >= min_n:
+        return _auction(score, warm)
+    return _scipy(score, warm)
 
 
 SOLVERS = {"scipy": _scipy, "auction": _auction, "auction-eps": _auction_eps, "auto": _auto}
