@@ -1,7 +1,7 @@
 """Ablations of the source trajectory (paper Sec. 3.3, Fig. 3): the linear trajectory [theta1^0 : theta1^T]
 with the cosine vs the uniform lambda schedule, and the linear trajectory vs the actual per-epoch checkpoints.
 Every method is transferred for each variant, from the same trained source and target.
-Writes <scenario>_ablation.parquet and .png.
+Writes <scenario>_w<width>_ablation.parquet and .png.
 
     python experiments/ablations.py --smoke --out /tmp/smoke
     nice python experiments/ablations.py --data-root /work/shared/datasets --cache /tmp/ltray-cache \

@@ -1,7 +1,7 @@
 """Mode connectivity (paper Sec. 4.3, Fig. 6): loss along the linear paths Source* (pi_T theta1^T) <->
 transferred theta2^T and Trained theta2^T <-> transferred theta2^T for each method, with loss barriers; and the
 loss surface on the plane through Trained, Oracle and FGMT theta2^T (Garipov et al. 2018).
-Writes <scenario>_paths.parquet/.png and <scenario>_plane.parquet/.png.
+Writes <scenario>_w<width>_paths.parquet/.png and <scenario>_w<width>_plane.parquet/.png.
 
     python experiments/mode_connectivity.py --smoke --out /tmp/smoke
     nice python experiments/mode_connectivity.py --data-root /work/shared/datasets --cache /tmp/ltray-cache \

@@ -1,6 +1,6 @@
 """Subsequent training (paper Sec. 4.2, Fig. 5): Adam (lr 1e-4, 10 epochs) from each method's best transferred
 theta2^t and from the plain initialisation theta2^0 ("standard"); validation accuracy per epoch.
-Writes <scenario>_subsequent.parquet and .png.
+Writes <scenario>_w<width>_subsequent.parquet and .png.
 
     python experiments/subsequent_training.py --smoke --out /tmp/smoke
     nice python experiments/subsequent_training.py --scenario pretrained --data-root /work/shared/datasets \

@@ -1,6 +1,6 @@
 """Validation accuracy of the transferred theta2^t at every step t, per method (paper Sec. 4.1, Fig. 4), for
 random initialisations (--scenario random) or pre-trained ones fine-tuned on another task (--scenario
-pretrained). Writes <scenario>_transfer.parquet and .png.
+pretrained). Writes <scenario>_w<width>_transfer.parquet and .png.
 
     python experiments/transfer_curves.py --smoke --out /tmp/smoke
     nice python experiments/transfer_curves.py --scenario pretrained --data-root /work/shared/datasets \

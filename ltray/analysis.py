@@ -126,9 +126,12 @@ def pair_trajectories(scenario: Scenario, data: Data, seed_source: int, seed_tar
 
 
 def transfer_all(scenario: Scenario, data: Data, source: Trajectory, target: Trajectory,
-                 methods: tuple[str, ...] = METHODS, device: str = "cpu", progress: bool = False) -> PairRun:
+                 methods: tuple[str, ...] = METHODS, device: str = "cpu", progress: bool = False,
+                 cache: Path | None = None) -> PairRun:
     """Transfer `source` onto target.state(0) with each method, on the same mini-batches (seed derived from
-    the pair). The Oracle matches against target.state(-1); its transfer seconds include that training."""
+    the pair). The Oracle matches against target.state(-1); its transfer seconds include that training.
+    With `cache`, each method's result is kept there (keyed by scenario, method and seeds) and reused, so the
+    analyses that start from the same transfers do not recompute them."""
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise LtrayError(f"unknown transfer method {bad[0]!r}; known: {', '.join(METHODS)}")
@@ -139,12 +142,61 @@ def transfer_all(scenario: Scenario, data: Data, source: Trajectory, target: Tra
     seq = source.linear(cfg.T, cfg.schedule) if cfg.trajectory == "linear" else source.actual(cfg.T)
     theta2_0, theta2_T = target.state(0, device), target.state(-1, device)
     seed = derive_seed("transfer", seed_source, seed_target)
-    results = {m: transfer(m, model, spec_for(model), seq, theta2_0, data.task, cfg, seed=seed,
-                           target_final=theta2_T if m == "oracle" else None,
-                           extra_seconds=float(target.meta.get("train_seconds", 0.0)) if m == "oracle" else 0.0,
-                           progress=progress)
-               for m in methods}
+    results = {}
+    for m in methods:
+        def make(m=m) -> TransferResult:
+            return transfer(m, model, spec_for(model), seq, theta2_0, data.task, cfg, seed=seed,
+                            target_final=theta2_T if m == "oracle" else None,
+                            extra_seconds=float(target.meta.get("train_seconds", 0.0)) if m == "oracle" else 0.0,
+                            progress=progress)
+        if cache is None:
+            results[m] = make()
+            continue
+        path = Path(cache) / f"{config_hash('transfer', scenario, m, seed_source, seed_target)}.result.safetensors"
+        results[m] = load_result(path, device) if path.exists() else save_result(make(), path)
     return PairRun(seed_source, seed_target, source, target, results)
+
+
+def save_result(result: TransferResult, path: Path) -> TransferResult:
+    """Store a TransferResult (states, permutations, curves) as safetensors, atomically; returns it."""
+    import json
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from .trajectory import atomic_path
+
+    tensors = {f"final/{k}": v for k, v in result.final.items()} | {f"best/{k}": v for k, v in result.best.items()}
+    tensors |= {f"perm/{t}/{g}": p for t, perm in enumerate(result.perms) for g, p in perm.items()}
+    tensors["lambdas"] = torch.as_tensor(result.lambdas, dtype=torch.float64)
+    meta = {"method": result.method, "val_loss": result.val_loss, "val_acc": result.val_acc,
+            "seconds": result.seconds, "best_step": result.best_step, "profile": result.profile}
+    tmp = atomic_path(Path(path))
+    try:
+        # clone: best and final (and a fixed pi_t) are often the same tensor, which safetensors refuses
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"ltray_result": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return result
+
+
+def load_result(path: Path, device: str = "cpu") -> TransferResult:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["ltray_result"])
+    tensors = load_file(str(path), device=device)
+    part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+    perms = [part(f"perm/{t}/") for t in range(len(meta["val_acc"]) - 1)]
+    return TransferResult(meta["method"], tensors["lambdas"].cpu().numpy(), meta["val_loss"], meta["val_acc"],
+                          meta["seconds"], [{g: p.cpu() for g, p in perm.items()} for perm in perms],
+                          part("final/"), part("best/"), meta["best_step"], meta["profile"])
 
 
 def transfer_rows(scenario: Scenario, run: PairRun, run_id: str) -> list[dict]:

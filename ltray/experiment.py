@@ -92,7 +92,8 @@ class Experiment:
 
     @property
     def prefix(self) -> str:
-        return f"{self.scenario.kind}_{self.name}"
+        """<scenario>_w<width>: results of several widths can sit side by side."""
+        return f"{self.scenario.kind}_w{self.scenario.model.width}"
 
     def run_id(self, *extra) -> str:
         return run_id(self.scenario, self.name, *extra)
@@ -114,19 +115,20 @@ class Experiment:
 
     def transfer(self, source, target, methods: tuple[str, ...] = METHODS, scenario: Scenario | None = None) -> PairRun:
         scenario = scenario or self.scenario
-        run = transfer_all(scenario, self.data, source, target, methods, self.args.device, self.args.progress)
+        run = transfer_all(scenario, self.data, source, target, methods, self.args.device, self.args.progress,
+                           self.cache)
         self.log("transfer " + ", ".join(f"{m} {r.val_acc[-1]:.2f} (best {max(r.val_acc[1:]):.2f} at t="
                                          f"{r.best_step})" for m, r in run.results.items()))
         return run
 
     def publish(self, what: str, rows: list[dict], schema: pa.Schema, fig) -> tuple[Path, Path]:
-        """Write <out>/<scenario>_<what>.parquet and .png: the figure is rendered to a temp file first, then
+        """Write <out>/<scenario>_w<width>_<what>.parquet and .png: the figure is rendered to a temp file first, then
         both are published, so a failure leaves neither half-written."""
         from .plots import save_figure
         from .results import write_parquet
         from .trajectory import atomic_path
 
-        stem = self.out / f"{self.scenario.kind}_{what}"
+        stem = self.out / f"{self.prefix}_{what}"
         png = atomic_path(stem.with_suffix(".png"))
         try:
             save_figure(fig, png)

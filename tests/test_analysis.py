@@ -62,11 +62,11 @@ def test_with_head_rejects_a_body_of_another_input_size(pre):
         with_head(big.state_dict(), fresh_head(scenario.model, data.task, 0), scenario.model.build(data.task, 0))
 
 
-def test_pretrained_transfer_moves_the_head_delta_with_pi(pre, cache):
+def test_pretrained_transfer_moves_the_head_delta_with_pi(pre, cache, monkeypatch):
     """theta2^t = theta2^0 + pi_t(theta1^t - theta1^0): the head's input axis is permuted, its class axis not."""
     scenario, data = pre
     source, target = pair_trajectories(scenario, data, 0, 1000, cache)
-    run = transfer_all(scenario, data, source, target, ("naive", "fgmt"))
+    run = transfer_all(scenario, data, source, target, ("naive", "fgmt"), cache=cache)
     theta2_0, seq = target.state(0), source.linear(3, "cosine")
     d = {k: seq[3][k] - seq[0][k] for k in theta2_0}
     naive, fgmt = run.results["naive"], run.results["fgmt"]
@@ -81,6 +81,13 @@ def test_pretrained_transfer_moves_the_head_delta_with_pi(pre, cache):
     assert start.loc["fgmt", "start_step"] == fgmt.best_step
     assert start.loc["standard", "val_acc"] == pytest.approx(fgmt.val_acc[0])
     assert sorted(rows.epoch.unique()) == [0, 1] and len(rows) == 3 * 2
+    # a second run is served whole from the cache
+    monkeypatch.setattr(analysis, "transfer", lambda *a, **k: pytest.fail("recomputed a cached transfer"))
+    again = transfer_all(scenario, data, source, target, ("naive", "fgmt"), cache=cache).results["fgmt"]
+    assert again.val_acc == fgmt.val_acc and again.best_step == fgmt.best_step
+    assert all(torch.equal(again.perms[t][g], fgmt.perms[t][g]) for t in range(3) for g in fgmt.perms[t])
+    assert all(torch.equal(again.final[k], fgmt.final[k]) and torch.equal(again.best[k], fgmt.best[k])
+               for k in fgmt.final)
 
 
 # ---- the experiment scripts ----------------------------------------------------------------------------
@@ -110,38 +117,38 @@ def _read(path, schema):
 @pytest.mark.parametrize("scenario", ["random", "pretrained"])
 def test_transfer_curves_smoke(tmp_path, cache, scenario):
     assert _smoke("transfer_curves", tmp_path, cache, "--scenario", scenario) == 0
-    df = _read(tmp_path / f"{scenario}_transfer.parquet", SCENARIO_TRANSFER_SCHEMA)
+    df = _read(tmp_path / f"{scenario}_w32_transfer.parquet", SCENARIO_TRANSFER_SCHEMA)
     assert set(df.method) == set(ltray.METHODS) and df.seed_source.nunique() == 2
     assert len(df) == 4 * 2 * 5 and set(df.scenario) == {scenario}
     first = df[df.t == 1].groupby("seed_source")
     assert all((g.set_index("method").val_acc["gmt"] == g.set_index("method").val_acc["fgmt"]) for _, g in first)
-    assert (tmp_path / f"{scenario}_transfer.png").stat().st_size > 10_000
+    assert (tmp_path / f"{scenario}_w32_transfer.png").stat().st_size > 10_000
 
 
 def test_subsequent_training_smoke(tmp_path, cache):
     assert _smoke("subsequent_training", tmp_path, cache) == 0
-    df = _read(tmp_path / "random_subsequent.parquet", SUBSEQUENT_SCHEMA)
+    df = _read(tmp_path / "random_w32_subsequent.parquet", SUBSEQUENT_SCHEMA)
     assert set(df.start) == set(ltray.METHODS) | {"standard"} and sorted(df.epoch.unique()) == [0, 1, 2]
     assert (df[df.start == "standard"].start_step == 0).all()
-    assert (tmp_path / "random_subsequent.png").exists()
+    assert (tmp_path / "random_w32_subsequent.png").exists()
 
 
 def test_mode_connectivity_smoke(tmp_path, cache):
     assert _smoke("mode_connectivity", tmp_path, cache, "--seeds", "1") == 0
-    paths = _read(tmp_path / "random_paths.parquet", PATH_SCHEMA)
+    paths = _read(tmp_path / "random_w32_paths.parquet", PATH_SCHEMA)
     assert set(paths.case) == {"source", "trained"} and len(paths) == 4 * 2 * 7
     # Oracle's pi_T theta1^T and its transferred theta2^T differ by theta2^0 - pi theta1^0; Trained <-> Oracle
     # path ends (alpha = 1) at the transferred point for both cases
     ends = paths[paths.alpha == 1.0].groupby("method").loss.nunique()
     assert (ends == 1).all()
-    planes = _read(tmp_path / "random_plane.parquet", PLANE_SCHEMA)
+    planes = _read(tmp_path / "random_w32_plane.parquet", PLANE_SCHEMA)
     assert sorted(planes.point.dropna()) == ["fgmt", "oracle", "trained"] and planes.point.isna().sum() == 49
-    assert (tmp_path / "random_plane.png").exists() and (tmp_path / "random_paths.png").exists()
+    assert (tmp_path / "random_w32_plane.png").exists() and (tmp_path / "random_w32_paths.png").exists()
 
 
 def test_ablations_smoke(tmp_path, cache):
     assert _smoke("ablations", tmp_path, cache, "--seeds", "1") == 0
-    df = _read(tmp_path / "random_ablation.parquet", SCENARIO_TRANSFER_SCHEMA)
+    df = _read(tmp_path / "random_w32_ablation.parquet", SCENARIO_TRANSFER_SCHEMA)
     variants = set(zip(df.trajectory, df.schedule.fillna("-")))
     assert variants == {("linear", "cosine"), ("linear", "uniform"), ("actual", "-")}
     # Naive's last point theta2^0 + (theta1^T - theta1^0) does not depend on the trajectory used
