@@ -66,7 +66,8 @@ def add_transfer_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None, help="gradient batch B (default: preset, 128)")
     g.add_argument("--loader-batch-size", type=int, default=128, help="chunk in which a gradient is computed")
     g.add_argument("--bn-samples", type=int, default=None, help="B': samples to reset BatchNorm statistics")
-    g.add_argument("--solver", default="scipy", help="assignment solver (see ltray.lap.SOLVERS)")
+    g.add_argument("--solver", default="auto", help="assignment solver: auto (fastest exact), scipy, "
+                   "fastlap, auction, auction-eps (see ltray.lap)")
 
 
 def configs_from_args(args: argparse.Namespace):

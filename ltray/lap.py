@@ -35,7 +35,13 @@ Solvers (``SOLVERS``):
     unit-dependent scales (gradient-like, what makes scipy slow), whose price formation costs it
     about a hundred bids per row.  On CUDA it is also ``"scipy"`` until a GPU benchmark says
     otherwise (the auction's sequential tail runs on the host).  ``AUTO_AUCTION_MIN_N`` holds the
-    per-device size from which ``"auto"`` would pick ``"auction"`` (None: never).
+    per-device size from which ``"auto"`` would pick ``"auction"`` (None: never).  When the optional
+    ``fastlap`` package is installed (``pip install 'ltray[fast]'``), ``"auto"`` uses its compiled
+    auction from n = ``AUTO_FASTLAP_MIN_N`` on: about 5x faster than scipy on recorded 4096 x 4096
+    gradient-matching matrices, and optimal on every case of the test suite.
+``"fastlap"``
+    fastlap's Rust auction (optional dependency).  Not certified by ltray; tested equal to scipy's
+    optimum on random, degenerate and recorded gradient-matching matrices.
 
 The auction runs the same torch code on CPU and CUDA in float64: vectorised Jacobi bidding rounds
 while many rows are unassigned, then (once few are left, where a Jacobi round would move a single
@@ -87,6 +93,7 @@ EXACT_EPS_REL = 1e-2                   # exact mode: final eps = EXACT_EPS_REL *
 WARM_QUANTILE = 0.95                   # warm start: first eps = this quantile of the rows' eps-CS violations
 APPROX_EPS_REL = 1e-6                  # auction-eps default: eps = APPROX_EPS_REL * (max - min) / n
 AUTO_AUCTION_MIN_N = {"cpu": None, "cuda": None}   # "auto": auction from this n on (None: never)
+AUTO_FASTLAP_MIN_N = 512                           # "auto": fastlap's auction from this n on, when installed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -554,10 +561,35 @@ def _auto(score: torch.Tensor, warm: Assignment | None) -> Assignment:
     min_n = AUTO_AUCTION_MIN_N.get(score.device.type)
     if min_n is not None and score.shape[0] >= min_n:
         return _auction(score, warm)
+    if score.shape[0] >= AUTO_FASTLAP_MIN_N and _has_fastlap():
+        return _fastlap(score, warm)
     return _scipy(score, warm)
 
 
-SOLVERS = {"scipy": _scipy, "auction": _auction, "auction-eps": _auction_eps, "auto": _auto}
+def _has_fastlap() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("fastlap") is not None
+
+
+def _fastlap(score: torch.Tensor, warm: Assignment | None) -> Assignment:
+    """fastlap's auction (Rust; optional dependency, `pip install ltray[fast]`)."""
+    _check_finite(score)
+    try:
+        import fastlap
+    except ImportError:
+        raise LtrayError("solver 'fastlap' needs the fastlap package: pip install 'ltray[fast]'") from None
+    a64 = np.ascontiguousarray(score.detach().to("cpu", torch.float64).numpy())
+    if a64.shape[0] == 0:
+        return Assignment(torch.empty(0, dtype=torch.long, device=score.device), method="fastlap")
+    _, rows, _ = fastlap.solve_lap(a64, algorithm="auction", maximize=True)
+    perm = np.asarray(rows, dtype=np.int64)
+    if len(np.unique(perm)) != len(perm):  # never seen; keep the matcher's contract regardless
+        return _scipy(score, warm)
+    return Assignment(torch.from_numpy(perm).to(score.device), method="fastlap")
+
+
+SOLVERS = {"scipy": _scipy, "auction": _auction, "auction-eps": _auction_eps, "fastlap": _fastlap, "auto": _auto}
 
 
 def solve_assignment(score: torch.Tensor, solver: str = "auto", warm: Assignment | None = None,

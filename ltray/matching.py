@@ -42,7 +42,7 @@ def _score_term(t, s, axis: int) -> torch.Tensor:
 
 
 class Matcher:
-    def __init__(self, spec: PermutationSpec, solver: str = "scipy", dtype: torch.dtype = torch.float64):
+    def __init__(self, spec: PermutationSpec, solver: str = "auto", dtype: torch.dtype = torch.float64):
         self.spec, self.solver, self.dtype = spec, solver, dtype
         self.static: dict[str, torch.Tensor] = {}                      # group -> (n, n) accumulated score
         self.coupled: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (key, target, source) multi-axis
@@ -125,7 +125,7 @@ class Matcher:
 
 
 def weight_matching(spec: PermutationSpec, target: Pair, source: Pair, seed: int = 0,
-                    solver: str = "scipy", max_iter: int = 100) -> Permutation:
+                    solver: str = "auto", max_iter: int = 100) -> Permutation:
     """The pi that makes apply_permutation(spec, pi, source) as close as it can get to `target` (Eq. 2)."""
     matcher = Matcher(spec, solver)
     matcher.add_pair(target, source)

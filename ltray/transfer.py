@@ -41,7 +41,7 @@ class TransferConfig:
     batch_size: int = 128             # B: samples per gradient (a multiple of loader_batch_size is fine)
     loader_batch_size: int = 128      # chunk in which a gradient batch is computed
     bn_samples: int = 256             # B': samples used to reset BatchNorm statistics (BN models only)
-    solver: str = "scipy"             # assignment solver, see ltray.lap
+    solver: str = "auto"              # assignment solver, see ltray.lap (auto: fastest exact one)
     max_iter: int = 100               # coordinate-descent sweeps per solve
 
     def __post_init__(self):

@@ -182,3 +182,43 @@ def test_solver_registry_and_default():
     res = solve_assignment(a)           # default: "auto", exact
     assert res.gap_bound == 0.0
     assert abs(_objective(a, res.perm) - _opt(a)) <= 1e-9 * _scale(a)
+
+
+@pytest.mark.parametrize("kind,n", CASES)
+def test_fastlap_auction_reaches_scipy_optimum(kind, n):
+    """The optional Rust auction (ltray[fast]) is exact on the same degenerate cases (CPU only)."""
+    pytest.importorskip("fastlap")
+    a = _gen(kind, n, seed=n)
+    res = solve_assignment(a, "fastlap")
+    _check_perm(res, n, "cpu")
+    assert _opt(a) - _objective(a, res.perm) <= 1e-9 * max(abs(_opt(a)), _scale(a)), (kind, n)
+
+
+@pytest.fixture(scope="module")
+def recorded_gradient_matrix():
+    """A real FGMT score matrix: 4 steps of gradient pairs of a digits 2-MLP (width 256), recorded here."""
+    import ltray
+    from ltray.models import state_of
+    from ltray.pipeline import DataConfig, ModelConfig, train_source
+    from ltray.transfer import TransferConfig, TransferContext
+
+    data = ltray.load_dataset("digits")
+    src = train_source(data, DataConfig("digits"), ModelConfig("mlp", 256), ltray.TrainConfig(epochs=3, lr=0.1),
+                       seed=0, progress=False)
+    model = ModelConfig("mlp", 256).build(data, 1)
+    spec = ltray.spec_for(model)
+    ctx = TransferContext(model, spec, src.linear(4), state_of(model), data, TransferConfig(T=4), seed=0)
+    matcher = ltray.Matcher(spec)
+    for t in range(4):
+        matcher.add_pair(*ctx.gradient_pair(ctx.source[t], ctx.transferred(ltray.identity_permutation(spec), t)))
+    return matcher.static["P_fc1"]
+
+
+@pytest.mark.parametrize("solver", ["auction", "auto", "fastlap"])
+def test_exact_solvers_on_a_recorded_gradient_matching_matrix(recorded_gradient_matrix, solver):
+    if solver == "fastlap":
+        pytest.importorskip("fastlap")
+    a = recorded_gradient_matrix
+    res = solve_assignment(a, solver)
+    _check_perm(res, a.shape[0], "cpu")
+    assert _opt(a) - _objective(a, res.perm) <= 1e-9 * max(abs(_opt(a)), _scale(a))
