@@ -19,6 +19,7 @@ from ltray.pipeline import DataConfig, ModelConfig, train_source, transfer_pair
 from ltray.plots import band, figure, save_figure
 from ltray.results import TRANSFER_SCHEMA, config_hash, derive_seed, provenance, write_parquet
 from ltray.train import TrainConfig, evaluate
+from ltray.trajectory import load_trajectory, save_trajectory
 from ltray.transfer import TransferConfig
 
 COSTS_SCHEMA = pa.schema([
@@ -47,33 +48,49 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--solver", default="scipy")
+    p.add_argument("--solver", default="auto")
+    p.add_argument("--cache", default="runs/cache", help="trained trajectories are kept here and reused")
     p.add_argument("--smoke", action="store_true", help="digits, width 64, 2 epochs, T=2, 1 seed: seconds")
+    p.add_argument("--plot-only", action="store_true", help="redraw the figures from <out>/transfer.parquet")
     args = p.parse_args()
     if args.smoke:
         args.lrs, args.Ts, args.seeds, args.width, args.epochs = [0.1], [2], 1, 64, 2
     data_cfg = DataConfig("digits") if args.smoke else DataConfig("mnist", str(Path(args.data_root).resolve()))
+    if args.plot_only:
+        return plot(pd.read_parquet(Path(args.out) / "transfer.parquet"), args, Path(args.out))
     data = data_cfg.load()
     model_cfg = ModelConfig("mlp", args.width)
     methods = tuple(args.methods.split(","))
     out = Path(args.out)
+    cache = Path(args.cache)
     rows, costs = [], []
-    for lr in args.lrs:
-        train_cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=lr, momentum=0.9)
-        for k in range(args.seeds):
-            seed_source, seed_target = k, 1000 + k
-            source = train_source(data, data_cfg, model_cfg, train_cfg, seed_source)
-            target = train_source(data, data_cfg, model_cfg, train_cfg, seed_target)  # the oracle's theta2^T
-            ratio = first_layer_ratio(source)
-            src_acc = evaluate(model_cfg.build(data, 0), source.state(-1), data.val)[1]
-            print(f"lr={lr} pair {k}: source {source.meta['train_seconds']:.1f} s, val {src_acc:.2f}%, "
-                  f"||dW1||/||W1^0|| = {ratio:.3f}", flush=True)
-            for T in args.Ts:
-                for schedule in args.schedules:
-                    cfg = TransferConfig(T=T, schedule=schedule, batch_size=128, solver=args.solver)
-                    run_id = config_hash(data_cfg, model_cfg, train_cfg, cfg)
+    schema = TRANSFER_SCHEMA.append(pa.field("lr", pa.float64()))
+
+    def trained(lr: float, seed: int):
+        """Train once per (lr, seed) and keep it in the cache, so reruns and every T/schedule reuse it."""
+        path = cache / f"{data_cfg.name}_w{args.width}_e{args.epochs}_lr{lr:g}_s{seed}.safetensors"
+        if path.exists():
+            return load_trajectory(path)
+        traj = train_source(data, data_cfg, model_cfg, TrainConfig(epochs=args.epochs, lr=lr), seed)
+        save_trajectory(traj, path)
+        return traj
+
+    # Settings in priority order (T outer), so an interrupted run still has complete T=5 results.
+    for T in args.Ts:
+        for schedule in args.schedules:
+            for lr in args.lrs:
+                train_cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=lr, momentum=0.9)
+                cfg = TransferConfig(T=T, schedule=schedule, batch_size=128, solver=args.solver)
+                run_id = config_hash(data_cfg, model_cfg, train_cfg, cfg)
+                for k in range(args.seeds):
+                    seed_source, seed_target = k, 1000 + k
+                    source, target = trained(lr, seed_source), trained(lr, seed_target)  # target: the oracle's
+                    ratio = first_layer_ratio(source)
+                    src_acc = evaluate(model_cfg.build(data, 0), source.state(-1), data.val)[1]
                     outcome = transfer_pair(data, model_cfg, train_cfg, cfg, methods, source, seed_target,
                                             seed=derive_seed("transfer", seed_source, seed_target), target=target)
+                    print(f"T={T} {schedule} lr={lr} pair {k}: source val {src_acc:.2f}% "
+                          f"({source.meta['train_seconds']:.1f} s), ||dW1||/||W1^0|| = {ratio:.3f}", flush=True)
                     for method, res in outcome.results.items():
                         for r in res.rows():
                             rows.append(dict(r, dataset=data_cfg.name, model="mlp", width=args.width,
@@ -91,12 +108,17 @@ def main() -> None:
                                           solves=prof.get("solves", 0.0), evaluation=prof.get("evaluation", 0.0),
                                           first_layer_ratio=ratio, final_val_acc=res.val_acc[-1],
                                           source_val_acc=src_acc))
-                        print(f"  T={T:2d} {schedule:7s} {method:6s} acc {' '.join(f'{a:5.2f}' for a in res.val_acc[1:])}"
-                              f"  ({res.seconds[-1]:.1f} s)", flush=True)
-    schema = TRANSFER_SCHEMA.append(pa.field("lr", pa.float64()))
-    df = pd.DataFrame(rows)
-    write_parquet(df, schema, out / "transfer.parquet")
-    write_parquet(pd.DataFrame(costs), COSTS_SCHEMA, out / "costs.parquet")
+                        print(f"  {method:6s} acc {' '.join(f'{a:5.2f}' for a in res.val_acc[1:])}"
+                              f"  ({res.seconds[-1]:.1f} s: {', '.join(f'{k} {v:.1f}' for k, v in prof.items())})",
+                              flush=True)
+                    # publish after every pair: an interrupted run keeps everything finished so far
+                    write_parquet(pd.DataFrame(rows), schema, out / "transfer.parquet")
+                    write_parquet(pd.DataFrame(costs), COSTS_SCHEMA, out / "costs.parquet")
+    plot(pd.DataFrame(rows), args, out)
+    print(f"wrote {out}/transfer.parquet, costs.parquet and figures")
+
+
+def plot(df: pd.DataFrame, args, out: Path) -> None:
     for lr in args.lrs:
         sub = df[(df.lr == lr) & (df.t > 0)]
         fig, axes = figure(ncols=len(args.Ts), nrows=len(args.schedules))
@@ -110,7 +132,6 @@ def main() -> None:
         fig.suptitle(f"MNIST 2-MLP (width {args.width}), source SGD lr={lr}: transferred accuracy"
                      if not args.smoke else "smoke run (digits)")
         save_figure(fig, out / f"transfer_lr{lr:g}.png")
-    print(f"wrote {out}/transfer.parquet, costs.parquet and figures")
 
 
 if __name__ == "__main__":
