@@ -140,3 +140,21 @@ def test_cached_first_layer_evaluation_matches_a_full_forward_pass(digits, sourc
             spec, perm, {k: seq[t][k] - seq[0][k] for k in theta2}).items()}
         loss, acc = ltray.evaluate(model, state, digits.val)
         assert result.val_acc[t] == pytest.approx(acc) and result.val_loss[t] == pytest.approx(loss, rel=1e-4)
+
+
+def test_learning_rate_warmup_then_cosine():
+    from ltray.train import _lr_at
+
+    cfg = ltray.TrainConfig(epochs=10, lr=0.1, cosine=True, warmup_epochs=2)
+    assert _lr_at(cfg, 1.0) == pytest.approx(0.05)                    # linear warm-up
+    assert _lr_at(cfg, 2.0) == pytest.approx(0.1)                     # peak after warm-up
+    assert _lr_at(cfg, 6.0) == pytest.approx(0.05)                    # cosine half-way
+    assert _lr_at(cfg, 10.0) == pytest.approx(0.0, abs=1e-12)
+    assert _lr_at(ltray.TrainConfig(lr=0.01), 7.3) == 0.01            # constant (the paper's MNIST)
+
+
+def test_finetune_improves_and_reports_every_epoch(digits):
+    model = _model(digits, 4)
+    state, history = ltray.finetune(model, state_of(model), digits.train, digits.val, epochs=2, lr=1e-3, seed=0)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[-1]["val_acc"] > history[0]["val_acc"] + 30
