@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 from ltray.pipeline import DataConfig, ModelConfig, train_source, transfer_pair
 from ltray.plots import band, figure, save_figure
-from ltray.results import TRANSFER_SCHEMA, config_hash, derive_seed, provenance, write_parquet
+from ltray.results import TRANSFER_SCHEMA, config_hash, derive_seed, provenance, summarise, write_parquet
 from ltray.train import TrainConfig, evaluate
 from ltray.trajectory import load_trajectory, save_trajectory
 from ltray.transfer import TransferConfig
@@ -119,19 +119,39 @@ def main() -> None:
 
 
 def plot(df: pd.DataFrame, args, out: Path) -> None:
-    for lr in args.lrs:
+    Ts, schedules = sorted(df["T"].unique()), [s for s in args.schedules if s in set(df.schedule)]
+    for lr in sorted(df.lr.unique()):
         sub = df[(df.lr == lr) & (df.t > 0)]
-        fig, axes = figure(ncols=len(args.Ts), nrows=len(args.schedules))
-        for i, schedule in enumerate(args.schedules):
-            for j, T in enumerate(args.Ts):
+        fig, axes = figure(ncols=len(Ts), nrows=len(schedules))
+        for i, schedule in enumerate(schedules):
+            for j, T in enumerate(Ts):
                 ax = axes[i, j]
                 band(ax, sub[(sub["T"] == T) & (sub.schedule == schedule)], "t", "val_acc", "method",
                      order=["naive", "oracle", "gmt", "fgmt"])
                 ax.set(title=f"T={T}, {schedule} lambda", xlabel="transfer step t", ylabel="validation accuracy (%)")
                 ax.legend(fontsize=7)
-        fig.suptitle(f"MNIST 2-MLP (width {args.width}), source SGD lr={lr}: transferred accuracy"
+        fig.suptitle(f"MNIST 2-MLP (width {args.width}), source SGD lr={lr:g}: transferred accuracy"
                      if not args.smoke else "smoke run (digits)")
         save_figure(fig, out / f"transfer_lr{lr:g}.png")
+    (out / "summary.md").write_text(summary_markdown(df))
+
+
+def summary_markdown(df: pd.DataFrame) -> str:
+    """Per (lr, T, schedule): mean +- std val accuracy at every t for each method, and n."""
+    lines = []
+    for (lr, T, schedule), g in df[df.t > 0].groupby(["lr", "T", "schedule"]):
+        stats = summarise(g, ["method", "t"], "val_acc")
+        n = int(stats["n"].min())
+        lines += [f"**lr={lr:g}, T={T}, {schedule} lambda** (val acc %, mean +- std over n={n} seed pairs)", "",
+                  "| method | " + " | ".join(f"t={t}" for t in range(1, T + 1)) + " |",
+                  "|---|" + "---|" * T]
+        for method in ["naive", "oracle", "gmt", "fgmt"]:
+            s = stats[stats.method == method].sort_values("t")
+            if not s.empty:
+                cells = [f"{m:.2f} +- {sd:.2f}" if n > 1 else f"{m:.2f}" for m, sd in zip(s["mean"], s["std"])]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
