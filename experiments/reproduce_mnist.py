@@ -129,8 +129,9 @@ def plot(df: pd.DataFrame, args, out: Path) -> None:
                 band(ax, sub[(sub["T"] == T) & (sub.schedule == schedule)], "t", "val_acc", "method",
                      order=["naive", "oracle", "gmt", "fgmt"])
                 ax.set(title=f"T={T}, {schedule} lambda", xlabel="transfer step t", ylabel="validation accuracy (%)")
+                ax.xaxis.get_major_locator().set_params(integer=True)
                 ax.legend(fontsize=7)
-        fig.suptitle(f"MNIST 2-MLP (width {args.width}), source SGD lr={lr:g}: transferred accuracy"
+        fig.suptitle(f"MNIST 2-MLP (width {args.width}), source SGD lr={lr:g}\ntransferred validation accuracy"
                      if not args.smoke else "smoke run (digits)")
         save_figure(fig, out / f"transfer_lr{lr:g}.png")
     (out / "summary.md").write_text(summary_markdown(df))
