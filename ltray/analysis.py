@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
+
 from .data import DataBundle
 from .errors import LtrayError
 from .landscape import Evaluator, linear_path, plane_surface
@@ -23,7 +25,7 @@ from .models import has_batchnorm, state_of
 from .pipeline import DataConfig, ModelConfig, check_trajectory
 from .pretrained import pretrained_init
 from .results import config_hash, derive_seed, provenance
-from .symmetry import apply_permutation, spec_for
+from .symmetry import Permutation, apply_permutation, spec_for
 from .train import TrainConfig, finetune, train
 from .trajectory import State, Trajectory, load_trajectory, save_trajectory
 from .transfer import METHODS, TransferConfig, TransferResult, transfer
@@ -162,7 +164,6 @@ def save_result(result: TransferResult, path: Path) -> TransferResult:
     import json
     import os
 
-    import torch
     from safetensors.torch import save_file
 
     from .trajectory import atomic_path
@@ -205,7 +206,20 @@ def transfer_rows(scenario: Scenario, run: PairRun, run_id: str) -> list[dict]:
     common = dict(scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target, T=cfg.T,
                   schedule=cfg.schedule if cfg.trajectory == "linear" else None, trajectory=cfg.trajectory,
                   batch_size=cfg.batch_size, solver=cfg.solver, **provenance(run_id))
-    return [dict(row, **common) for result in run.results.values() for row in result.rows()]
+    oracle = run.results["oracle"].perms[-1] if "oracle" in run.results else None
+    rows = []
+    for result in run.results.values():
+        perms = [{g: torch.arange(len(p)) for g, p in result.perms[0].items()}] + list(result.perms)
+        for row, perm in zip(result.rows(), perms):
+            rows.append(dict(row, oracle_agreement=None if oracle is None else oracle_agreement(perm, oracle),
+                             **common))
+    return rows
+
+
+def oracle_agreement(perm: Permutation, oracle: Permutation) -> float:
+    """Fraction of permuted units (all groups together) that `perm` sends where the Oracle's pi does."""
+    same = sum(int((perm[g].cpu() == oracle[g].cpu()).sum()) for g in oracle)
+    return same / sum(len(p) for p in oracle.values())
 
 
 @dataclass(frozen=True)

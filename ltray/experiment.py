@@ -186,11 +186,15 @@ def summary_markdown(folder: str | os.PathLike) -> str:
             peak = per_seed.val_acc.max()
             step = per_seed.apply(lambda s: int(s.loc[s.val_acc.idxmax(), "t"]), include_groups=False)
             T = int(g["T"].iloc[0])
+            agree = g[g.t == T].oracle_agreement if "oracle_agreement" in g else pd.Series(dtype=float)
             rows.append([variant, method, _pm(g[g.t == 1].val_acc), _pm(g[g.t == T // 2].val_acc),
-                         _pm(g[g.t == T].val_acc), _pm(peak), f"{step.mean():.1f}", str(len(peak))])
+                         _pm(g[g.t == T].val_acc), _pm(peak), f"{step.mean():.1f}",
+                         _pm(100 * agree, 1) if agree.notna().all() and len(agree) else "-", str(len(peak))])
         rows.sort(key=lambda r: (r[0], methods.index(r[1])))
-        parts.append(f"**{path.name}** (validation accuracy %, T = {T})\n\n" + _table(
-            ["trajectory", "method", "t=1", f"t={T // 2}", f"t={T} (final)", "peak", "peak step", "n"], rows))
+        parts.append(f"**{path.name}** (validation accuracy %, T = {T}; agreement: % of hidden units pi_T maps "
+                     f"as the Oracle's pi)\n\n" + _table(["trajectory", "method", "t=1", f"t={T // 2}",
+                                                           f"t={T} (final)", "peak", "peak step",
+                                                           "agreement", "n"], rows))
     for path in sorted(folder.glob("*_subsequent.parquet")):
         df = pd.read_parquet(path)
         epochs = [e for e in (0, 1, 2, 5, 10) if e in set(df.epoch)]

@@ -143,11 +143,15 @@ def _title(df: pd.DataFrame) -> str:
 
 
 def transfer_figure(rows, chance: float | None = None) -> Figure:
-    """Validation accuracy and loss of theta2^t along the transfer, mean +- std over seed pairs (paper Fig. 4)."""
+    """Validation accuracy and loss of theta2^t along the transfer, mean +- std over seed pairs (paper Fig. 4),
+    and, when the rows have it, how much of pi_t agrees with the Oracle's permutation."""
     df = pd.DataFrame(rows)
-    fig, axes = figure(2, 1)
-    for ax, y, label in ((axes[0, 0], "val_acc", "validation accuracy (%)"), (axes[0, 1], "val_loss",
-                                                                                "validation loss")):
+    panels = [("val_acc", "validation accuracy (%)"), ("val_loss", "validation loss")]
+    if "oracle_agreement" in df and df.oracle_agreement.notna().any():
+        df = df.assign(agreement=100 * df.oracle_agreement)
+        panels.append(("agreement", "units mapped as by Oracle's pi (%)"))
+    fig, axes = figure(len(panels), 1)
+    for ax, (y, label) in zip(axes[0], panels):
         band(ax, df, "t", y, "method", order=ORDER)
         ax.set_xlabel("transfer step t")
         ax.set_ylabel(label)

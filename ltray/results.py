@@ -80,7 +80,9 @@ SCENARIO_TRANSFER_SCHEMA = pa.schema([
     *_SCENARIO, pa.field("method", pa.string()), pa.field("T", pa.int64()), pa.field("schedule", pa.string()),
     pa.field("trajectory", pa.string()), pa.field("batch_size", pa.int64()), pa.field("solver", pa.string()),
     pa.field("t", pa.int64()), pa.field("lambda", pa.float64()), pa.field("val_acc", pa.float64()),
-    pa.field("val_loss", pa.float64()), pa.field("seconds", pa.float64()), *PROVENANCE,
+    pa.field("val_loss", pa.float64()), pa.field("seconds", pa.float64()),
+    pa.field("oracle_agreement", pa.float64()),   # share of units pi_t maps as the Oracle's pi does (t=0: identity)
+    *PROVENANCE,
 ])
 
 # Subsequent training (paper Sec. 4.2): one row per (start, epoch); start is a method or "standard".

@@ -123,6 +123,10 @@ def test_transfer_curves_smoke(tmp_path, cache, scenario):
     first = df[df.t == 1].groupby("seed_source")
     assert all((g.set_index("method").val_acc["gmt"] == g.set_index("method").val_acc["fgmt"]) for _, g in first)
     assert (tmp_path / f"{scenario}_w32_transfer.png").stat().st_size > 10_000
+    assert (df[df.method == "oracle"].query("t >= 1").oracle_agreement == 1.0).all()
+    naive = df[df.method == "naive"]   # the identity at every step: a constant, small share per seed pair
+    assert (naive.groupby("seed_source").oracle_agreement.nunique() == 1).all()
+    assert naive.oracle_agreement.between(0, 0.5).all()
 
 
 def test_subsequent_training_smoke(tmp_path, cache):
