@@ -65,10 +65,11 @@ def test_bad_input_is_one_line_before_any_work(ray_session, tmp_path, capsys, ru
     assert main(["--members", "0", "--out", str(tmp_path / "zero")]) == 2
     assert main([*SMALL, "--trajectory", str(next((run / "sources").iterdir())), "--width", "48",
                  "--out", str(tmp_path / "wide")]) == 2
+    assert main([*SMALL, "--gpus-per-task", "1", "--out", str(tmp_path / "gpu")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "ltray ensemble: error: --members must be >= 1, got 0"
-    assert "another architecture" in err[1] and len(err) == 2
-    assert not (tmp_path / "zero").exists() and not (tmp_path / "wide").exists()
+    assert "another architecture" in err[1] and "no node can run a task needing 1 CPU and 1 GPU" in err[2]
+    assert len(err) == 3 and not any((tmp_path / d).exists() for d in ("zero", "wide", "gpu"))
 
 
 def test_module_entry_point():
