@@ -215,3 +215,27 @@ def summary_markdown(folder: str | os.PathLike) -> str:
                      f"b = transferred theta2^T)\n\n" + _table(
                          ["a", "method", "loss barrier", "loss at a", "max loss", "loss at b", "min acc %", "n"], rows))
     return "\n\n".join(parts)
+
+
+def replot(folder: str | os.PathLike) -> list[Path]:
+    """Redraw every analysis figure in `folder` from its Parquet file (after a change to the plots only)."""
+    import pandas as pd
+
+    from . import plots
+
+    figures = {"transfer": plots.transfer_figure, "subsequent": plots.subsequent_figure,
+               "paths": plots.paths_figure, "plane": plots.planes_figure, "ablation": plots.ablation_figure}
+    known = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
+    written = []
+    for path in sorted(Path(folder).glob("*.parquet")):
+        what = path.stem.rsplit("_", 1)[-1]
+        if what not in figures:
+            continue
+        df = pd.read_parquet(path)
+        kwargs = {}
+        if what == "transfer":
+            classes = df.classes.iloc[0]
+            n = len(classes.split(",")) if isinstance(classes, str) else known.get(df.dataset.iloc[0])
+            kwargs["chance"] = 100.0 / n if n else None
+        written.append(plots.save_figure(figures[what](df.to_dict("records"), **kwargs), path.with_suffix(".png")))
+    return written

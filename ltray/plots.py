@@ -134,7 +134,7 @@ ORDER = ["naive", "oracle", "gmt", "fgmt", "standard"]
 
 
 def _title(df: pd.DataFrame) -> str:
-    r = df.iloc[0]
+    r = {k: (v if pd.notna(v) else None) for k, v in df.iloc[0].items()}  # Parquet nulls come back as NaN
     task = f"{r['dataset']}" + (f" {{{r['classes']}}}" if r.get("classes") else "")
     if r.get("scenario") == "pretrained":
         pre = f"{r['pretrain_dataset']}" + (f" {{{r['pretrain_classes']}}}" if r.get("pretrain_classes") else "")
@@ -207,7 +207,7 @@ def planes_figure(rows) -> Figure:
 
     df = pd.DataFrame(rows)
     pairs = sorted({(int(a), int(b)) for a, b in zip(df.seed_source, df.seed_target)})
-    fig, axes = figure(len(pairs), 1, panel=(4.8, 4.2))
+    fig, axes = figure(len(pairs), 1, panel=(4.0, 4.4))
     for ax, (s1, s2) in zip(axes[0], pairs):
         sub = df[(df.seed_source == s1) & (df.seed_target == s2)]
         grid, anchors = sub[sub.point.isna()], sub[sub.point.notna()]
