@@ -158,6 +158,11 @@ def test_ablations_smoke(tmp_path, cache):
     # Naive's last point theta2^0 + (theta1^T - theta1^0) does not depend on the trajectory used
     last = df[(df.method == "naive") & (df.t == df["T"])]
     assert last.val_acc.nunique() == 1
+    # the figure can be redrawn from the Parquet alone
+    png = tmp_path / "random_w32_ablation.png"
+    png.unlink()
+    from ltray.experiment import replot
+    assert replot(tmp_path) == [png] and png.stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("argv, match", [
