@@ -10,7 +10,7 @@ Writes <scenario>_w<width>_ablation.parquet and .png.
 import sys
 
 from ltray.analysis import transfer_rows
-from ltray.experiment import main, variant
+from ltray.experiment import main
 from ltray.plots import ablation_figure
 from ltray.results import SCENARIO_TRANSFER_SCHEMA
 
@@ -21,7 +21,7 @@ def body(exp):
     rows = []
     for _, _, source, target in exp.trajectories():
         for trajectory, schedule in VARIANTS:
-            scenario = variant(exp.scenario, trajectory, schedule)
+            scenario = exp.scenario.with_transfer(trajectory=trajectory, schedule=schedule)
             run = exp.transfer(source, target, scenario=scenario)
             rows += transfer_rows(scenario, run, exp.run_id(VARIANTS))
     exp.publish("ablation", rows, SCENARIO_TRANSFER_SCHEMA, ablation_figure(rows))

@@ -10,7 +10,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -151,10 +150,6 @@ def main(body: Callable[[argparse.Namespace], None], description: str, name: str
         return 2
     return 0
 
-
-def variant(scenario: Scenario, trajectory: str, schedule: str) -> Scenario:
-    """The scenario with another source trajectory kind / lambda schedule (the Sec. 3.3 ablations)."""
-    return replace(scenario, transfer=replace(scenario.transfer, trajectory=trajectory, schedule=schedule))
 
 
 # ---- summaries for docs/analyses.md --------------------------------------------------------------------
