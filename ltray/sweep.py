@@ -184,7 +184,7 @@ def register(subparsers) -> None:
     g.add_argument("--trajectory-kind", default="linear", help="linear or actual source trajectory")
     g.add_argument("--loader-batch-size", type=positive_int, default=128)
     g.add_argument("--bn-samples", type=positive_int, default=None)
-    g.add_argument("--solver", default="scipy", help="assignment solver (see ltray.lap.SOLVERS)")
+    g.add_argument("--solver", default="auto", help="assignment solver (see ltray.lap.SOLVERS)")
     g.add_argument("--trajectory", default=None, help="sweep transfers of this saved source instead of training one")
     g.add_argument("--seed", type=int, default=0, help="source seed (target: seed+1000) and search seed")
     g.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out (its saved "
