@@ -58,7 +58,7 @@ class Scenario:
         return {"scenario": self.kind, "dataset": self.data.name, "classes": classes(self.data),
                 "pretrain_dataset": self.pretrain_data.name if self.pretrain_data else None,
                 "pretrain_classes": classes(self.pretrain_data), "model": self.model.name,
-                "width": int(self.model.width) if self.model.width else None}
+                "width": int(self.model.width) if self.model.width else None, "source_lr": self.train.lr}
 
 
 @dataclass

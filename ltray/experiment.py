@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,8 +30,9 @@ MNIST_FINETUNE = TrainConfig(epochs=10, lr=0.01, weight_decay=1e-4, cosine=True)
 
 
 def preset(kind: str, smoke: bool, data_root: str | None = None, width: int | None = None,
-           T: int | None = None, solver: str = "scipy") -> Scenario:
-    """The scenario of the full runs (MNIST 2-MLP, paper B.3) or of --smoke (digits, width 64, seconds)."""
+           T: int | None = None, solver: str = "scipy", lr: float | None = None) -> Scenario:
+    """The scenario of the full runs (MNIST 2-MLP, paper B.3) or of --smoke (digits, width 64, seconds).
+    `lr` replaces the learning rate of the source trajectory's training (the fine-tuning, if pre-trained)."""
     if kind not in ("random", "pretrained"):
         raise LtrayError(f"unknown scenario {kind!r}; known: random, pretrained")
     if smoke:
@@ -44,6 +46,8 @@ def preset(kind: str, smoke: bool, data_root: str | None = None, width: int | No
         source_train, finetune, pretrain, T = TrainConfig(epochs=10, lr=0.01), MNIST_FINETUNE, \
             TrainConfig(epochs=10, lr=0.01), T or 10
     transfer = TransferConfig(T=T, schedule="cosine", trajectory="linear", solver=solver)
+    if lr is not None:
+        source_train, finetune = replace(source_train, lr=lr), replace(finetune, lr=lr)
     if kind == "random":
         return Scenario(DataConfig(name, root), model, source_train, transfer)
     return Scenario(DataConfig(name, root, classes=TARGET_CLASSES), model, finetune, transfer,
@@ -60,6 +64,8 @@ def parser(description: str, scenario: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder holding MNIST/raw (full runs)")
     p.add_argument("--width", type=int, default=None, help="hidden width (default 4096, smoke 64)")
     p.add_argument("--T", type=int, default=None, help="trajectory length (default 10, smoke 4)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of the source training / fine-tuning "
+                   "(default: the preset's); results get an _lr<lr> suffix")
     p.add_argument("--solver", default="scipy", help="assignment solver (ltray.lap.SOLVERS)")
     p.add_argument("--cache", default=None, help="folder to keep trained trajectories in, keyed by config hash")
     p.add_argument("--device", default="cpu")
@@ -83,7 +89,7 @@ class Experiment:
             raise LtrayError(f"--out {out} exists and is not a directory")
         self.args, self.name, self.out = args, name, out
         self.scenario = preset(getattr(args, "scenario", "random"), args.smoke, args.data_root, args.width,
-                               args.T, args.solver)
+                               args.T, args.solver, args.lr)
         self.seeds = [(k, 1000 + k) for k in range(args.seeds or (2 if args.smoke else 3))]
         self.cache = Path(args.cache) if args.cache else None
         self.t0 = time.perf_counter()
@@ -91,8 +97,9 @@ class Experiment:
 
     @property
     def prefix(self) -> str:
-        """<scenario>_w<width>: results of several widths can sit side by side."""
-        return f"{self.scenario.kind}_w{self.scenario.model.width}"
+        """<scenario>_w<width>[_lr<lr>]: results of several widths / learning rates can sit side by side."""
+        lr = f"_lr{self.args.lr:g}" if self.args.lr is not None else ""
+        return f"{self.scenario.kind}_w{self.scenario.model.width}{lr}"
 
     def run_id(self, *extra) -> str:
         return run_id(self.scenario, self.name, *extra)
@@ -127,16 +134,17 @@ class Experiment:
         from .results import write_parquet
         from .trajectory import atomic_path
 
-        stem = self.out / f"{self.prefix}_{what}"
-        png = atomic_path(stem.with_suffix(".png"))
+        # names are built as strings: with_suffix would take the ".2_transfer" of "..._lr0.2_transfer"
+        parquet, final_png = (self.out / f"{self.prefix}_{what}.{ext}" for ext in ("parquet", "png"))
+        png = atomic_path(final_png)
         try:
             save_figure(fig, png)
-            parquet = write_parquet(rows, schema, stem.with_suffix(".parquet"))
-            os.replace(png, stem.with_suffix(".png"))
+            write_parquet(rows, schema, parquet)
+            os.replace(png, final_png)
         finally:
             png.unlink(missing_ok=True)
-        self.log(f"wrote {parquet} and {stem.with_suffix('.png')} ({len(rows)} rows)")
-        return parquet, stem.with_suffix(".png")
+        self.log(f"wrote {parquet} and {final_png} ({len(rows)} rows)")
+        return parquet, final_png
 
 
 def main(body: Callable[[argparse.Namespace], None], description: str, name: str, scenario: bool = True,
@@ -232,5 +240,6 @@ def replot(folder: str | os.PathLike) -> list[Path]:
             classes = df.classes.iloc[0]
             n = len(classes.split(",")) if isinstance(classes, str) else known.get(df.dataset.iloc[0])
             kwargs["chance"] = 100.0 / n if n else None
-        written.append(plots.save_figure(figures[what](df.to_dict("records"), **kwargs), path.with_suffix(".png")))
+        png = path.parent / f"{path.stem}.png"
+        written.append(plots.save_figure(figures[what](df.to_dict("records"), **kwargs), png))
     return written

@@ -313,6 +313,7 @@ def cmd_landscape(args: argparse.Namespace) -> None:
     classes = ",".join(map(str, args.classes)) if args.classes else None
     common = dict(scenario=None, dataset=args.dataset, classes=classes,
                   pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name, width=model_cfg.width,
+                  source_lr=None,
                   seed_source=None, seed_target=None, split=args.split,
                   **provenance(config_hash(data_cfg, model_cfg, {"points": args.points, "grid": grid,
                                                                  "margin": args.margin, "split": args.split})))

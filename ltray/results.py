@@ -73,6 +73,7 @@ SWEEP_SCHEMA = pa.schema([
 _SCENARIO = [pa.field("scenario", pa.string()), pa.field("dataset", pa.string()), pa.field("classes", pa.string()),
              pa.field("pretrain_dataset", pa.string()), pa.field("pretrain_classes", pa.string()),
              pa.field("model", pa.string()), pa.field("width", pa.int64()),
+             pa.field("source_lr", pa.float64()),    # lr of the source's training (its fine-tuning if pre-trained)
              pa.field("seed_source", pa.int64()), pa.field("seed_target", pa.int64())]
 
 # One row per (method, t) of a transfer; ablations vary schedule / trajectory.
