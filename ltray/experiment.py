@@ -30,7 +30,7 @@ MNIST_FINETUNE = TrainConfig(epochs=10, lr=0.01, weight_decay=1e-4, cosine=True)
 
 
 def preset(kind: str, smoke: bool, data_root: str | None = None, width: int | None = None,
-           T: int | None = None, solver: str = "scipy", lr: float | None = None) -> Scenario:
+           T: int | None = None, solver: str = "auto", lr: float | None = None) -> Scenario:
     """The scenario of the full runs (MNIST 2-MLP, paper B.3) or of --smoke (digits, width 64, seconds).
     `lr` replaces the learning rate of the source trajectory's training (the fine-tuning, if pre-trained)."""
     if kind not in ("random", "pretrained"):
@@ -66,7 +66,7 @@ def parser(description: str, scenario: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--T", type=int, default=None, help="trajectory length (default 10, smoke 4)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of the source training / fine-tuning "
                    "(default: the preset's); results get an _lr<lr> suffix")
-    p.add_argument("--solver", default="scipy", help="assignment solver (ltray.lap.SOLVERS)")
+    p.add_argument("--solver", default="auto", help="assignment solver (ltray.lap.SOLVERS; default auto)")
     p.add_argument("--cache", default=None, help="folder to keep trained trajectories in, keyed by config hash")
     p.add_argument("--device", default="cpu")
     p.add_argument("--progress", action="store_true", help="progress bars")
