@@ -83,6 +83,27 @@ def test_tasks_read_one_stored_copy_of_a_trajectory(ray_session, digits):
     ray.get(store.drop.remote("big"))
 
 
+def test_store_loads_a_trajectory_file_and_names_what_it_holds(ray_session, source, tmp_path):
+    import ray
+
+    from ltray.trajectory import save_trajectory
+
+    path = tmp_path / "source.safetensors"
+    save_trajectory(source, path)
+    store = engine.TrajectoryStore.remote()
+    ref = ray.get(store.load.remote("from-file", str(path)))[0]
+    loaded = ray.get(ref)
+    assert np.array_equal(loaded.checkpoints, source.checkpoints) and loaded.layout == source.layout
+    assert ray.get(store.get.remote("from-file"))[0] == ref
+    with pytest.raises(LtrayError, match="no trajectory named 'other'.*from-file"):
+        try:
+            ray.get(store.get.remote("other"))
+        except ray.exceptions.RayTaskError as e:  # actor errors arrive wrapped; the cause is ltray's
+            raise e.cause
+    ray.get(store.drop.remote("from-file"))
+    assert ray.get(store.names.remote()) == []
+
+
 # ---- tasks, fan-out, errors ------------------------------------------------------------------------------------
 
 def threads(data, *, device):
