@@ -42,12 +42,15 @@ def _score_term(t, s, axis: int) -> torch.Tensor:
 
 
 class Matcher:
-    def __init__(self, spec: PermutationSpec, solver: str = "auto", dtype: torch.dtype = torch.float64):
+    def __init__(self, spec: PermutationSpec, solver: str = "auto", dtype: torch.dtype = torch.float64,
+                 warm: dict[str, Assignment] | None = None):
+        """`warm`: a dict of each group's last `Assignment`, updated in place by `solve`; share one between
+        matchers whose problems follow each other (GMT's per-step matchers) so solvers can warm-start."""
         self.spec, self.solver, self.dtype = spec, solver, dtype
         self.static: dict[str, torch.Tensor] = {}                      # group -> (n, n) accumulated score
         self.coupled: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (key, target, source) multi-axis
         self.num_pairs = 0
-        self._warm: dict[str, Assignment] = {}
+        self._warm: dict[str, Assignment] = {} if warm is None else warm
 
     def add_pair(self, target: Pair, source: Pair, weight: float = 1.0) -> None:
         """Add weight * <pi source, target> to the objective; keys absent from either dict are ignored.

@@ -123,8 +123,8 @@ class TransferContext:
             return (gradient(self.model, theta2, x, y, chunk, factored=True),
                     gradient(self.model, theta1, x, y, chunk, factored=True))
 
-    def matcher(self) -> Matcher:
-        return Matcher(self.spec, self.cfg.solver)
+    def matcher(self, warm: dict | None = None) -> Matcher:
+        return Matcher(self.spec, self.cfg.solver, warm=warm)
 
     def solve(self, matcher: Matcher, init: Permutation, seed: int) -> Permutation:
         with self.profile.time("solves"):
@@ -165,9 +165,9 @@ def fgmt(ctx: TransferContext) -> Iterator[Permutation]:
 
 
 def gmt(ctx: TransferContext) -> Iterator[Permutation]:
-    perm = identity_permutation(ctx.spec)
+    perm, warm = identity_permutation(ctx.spec), {}  # step s's problem is close to step s-1's: warm-start it
     for s in range(1, ctx.cfg.T + 1):
-        matcher = ctx.matcher()
+        matcher = ctx.matcher(warm)
         for t in range(1, s + 1):  # recompute every gradient under the latest permutation pi_{s-1}
             g2, g1 = ctx.gradient_pair(ctx.source[t - 1], ctx.transferred(perm, t - 1))
             ctx.add_pair(matcher, g2, g1)
