@@ -28,17 +28,16 @@ Solvers (``SOLVERS``):
     tie-breaking jitter).  ``gap_bound`` reports
     ``min(n * eps, G) + float slack``, both proven upper bounds on ``optimum - objective``.
 ``"auto"``
-    The recommended default: the fastest solver that is exact, as measured by
-    ``benchmarks/bench_lap.py``.  On the 2-core CPU it was measured on, that is ``"scipy"`` for every
-    size and matrix kind that matters to the matcher: the auction wins only on unstructured or
-    uniformly scaled matrices at n = 4096 (about 1.5x), and loses 2-3x on low-rank matrices with
-    unit-dependent scales (gradient-like, what makes scipy slow), whose price formation costs it
-    about a hundred bids per row.  On CUDA it is also ``"scipy"`` until a GPU benchmark says
-    otherwise (the auction's sequential tail runs on the host).  ``AUTO_AUCTION_MIN_N`` holds the
-    per-device size from which ``"auto"`` would pick ``"auction"`` (None: never).  When the optional
-    ``fastlap`` package is installed (``pip install 'ltray[fast]'``), ``"auto"`` uses its compiled
-    auction from n = ``AUTO_FASTLAP_MIN_N`` on: about 5x faster than scipy on recorded 4096 x 4096
-    gradient-matching matrices, and optimal on every case of the test suite.
+    The recommended default: the fastest exact solver, as measured on the 2-core CPU of the project's
+    development machine (``benchmarks/bench_lap.py`` on synthetic matrices, ``benchmarks/bench_transfer.py``
+    on real MNIST transfers).  On CPU from n = ``AUTO_AUCTION_MIN_N["cpu"]`` (2048) it is ``"auction"``:
+    on the recorded 4096 x 4096 FGMT matrices of an MNIST 2-MLP transfer (``benchmarks/bench_recorded.py``)
+    a cold solve takes 2.3-4.1 s (scipy 9.5-13 s, fastlap 1.6-2.3 s), and warm-started from the previous
+    step's prices it falls from ~3 s at the first steps to 0.6-0.8 s, so a whole FGMT chain of 10 solves
+    costs 12.6-14.2 s against fastlap's 18.7-20.8 s and scipy's 91-115 s.  Below that, fastlap's compiled
+    auction from n = ``AUTO_FASTLAP_MIN_N`` when the optional package is installed
+    (``pip install 'ltray[fast]'``), else scipy (which also wins below n = 512).  On CUDA ``"auto"`` does not pick the auction until a GPU benchmark says it should (its
+    sequential tail runs on the host).
 ``"fastlap"``
     fastlap's Rust auction (optional dependency).  Not certified by ltray; tested equal to scipy's
     optimum on random, degenerate and recorded gradient-matching matrices.
@@ -92,7 +91,7 @@ SPARSE_MAX_EDGES_PER_ROW = 32          # exact finish: sparse LAPJV up to this m
 EXACT_EPS_REL = 1e-2                   # exact mode: final eps = EXACT_EPS_REL * (max - min) / n
 WARM_QUANTILE = 0.95                   # warm start: first eps = this quantile of the rows' eps-CS violations
 APPROX_EPS_REL = 1e-6                  # auction-eps default: eps = APPROX_EPS_REL * (max - min) / n
-AUTO_AUCTION_MIN_N = {"cpu": None, "cuda": None}   # "auto": auction from this n on (None: never)
+AUTO_AUCTION_MIN_N = {"cpu": 2048, "cuda": None}   # "auto": auction from this n on (None: never)
 AUTO_FASTLAP_MIN_N = 512                           # "auto": fastlap's auction from this n on, when installed
 
 

@@ -222,3 +222,18 @@ def test_exact_solvers_on_a_recorded_gradient_matching_matrix(recorded_gradient_
     res = solve_assignment(a, solver)
     _check_perm(res, a.shape[0], "cpu")
     assert _opt(a) - _objective(a, res.perm) <= 1e-9 * max(abs(_opt(a)), _scale(a))
+
+
+def test_auto_uses_the_auction_from_its_cpu_size_and_keeps_its_state(monkeypatch):
+    import ltray.lap as lap
+
+    monkeypatch.setitem(lap.AUTO_AUCTION_MIN_N, "cpu", 64)
+    a = _gen("rank5", 96, seed=3)
+    res = solve_assignment(a, "auto")
+    assert res.method.startswith("auction") and isinstance(res.state, AuctionState)
+    assert abs(_objective(a, res.perm) - _opt(a)) <= 1e-9 * _scale(a)
+    b = a + 0.01 * _gen("random", 96, seed=4)
+    again = solve_assignment(b, "auto", warm=res)
+    assert again.info["warm"] and abs(_objective(b, again.perm) - _opt(b)) <= 1e-9 * _scale(b)
+    small = _gen("rank5", 32, seed=5)
+    assert solve_assignment(small, "auto").method in ("scipy", "fastlap")
