@@ -1,0 +1,97 @@
+"""Assignment solvers on the real score matrices of one MNIST FGMT transfer (width 4096, T=10).
+
+Records the 10 accumulated 4096 x 4096 matrices that FGMT hands to the solver (source seed 0 from the
+bench_transfer cache, target seed 1000), then for each: scipy, fastlap and the auction cold, with the
+objective gap to scipy; and the auction warm-started along the chain, as the matcher runs it.
+
+    python benchmarks/bench_recorded.py                      # records into runs/recorded (1.3 GB), then times
+    python benchmarks/bench_recorded.py --smoke              # digits, width 64: seconds
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ltray import lap
+from ltray.pipeline import DataConfig, ModelConfig, train_source, transfer_pair
+from ltray.results import derive_seed
+from ltray.train import TrainConfig
+from ltray.trajectory import load_trajectory
+from ltray.transfer import TransferConfig
+
+
+def record(args) -> list[Path]:
+    """Run one FGMT transfer whose solver saves each score matrix before solving it exactly."""
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+
+    def recording(score, warm):
+        paths.append(out / f"fgmt_step{len(paths) + 1:02d}.npy")
+        np.save(paths[-1], score.cpu().numpy())
+        return lap.SOLVERS["scipy"](score, warm)
+
+    lap.SOLVERS["recording"] = recording
+    data_cfg = DataConfig("digits") if args.smoke else DataConfig("mnist", str(Path(args.data_root).resolve()))
+    data, train_cfg = data_cfg.load(), TrainConfig(epochs=args.epochs, lr=0.01)
+    model_cfg = ModelConfig("mlp", args.width)
+    cached = Path(args.cache) / f"mnist_w{args.width}_e{args.epochs}_lr0.01_s0.safetensors"
+    source = load_trajectory(cached) if cached.exists() and not args.smoke else \
+        train_source(data, data_cfg, model_cfg, train_cfg, 0, progress=False)
+    transfer_pair(data, model_cfg, train_cfg, TransferConfig(T=args.T, solver="recording"), ("fgmt",), source,
+                  1000, seed=derive_seed("transfer", 0, 1000))
+    return paths
+
+
+def timed(solver, a, warm=None):
+    t0 = time.perf_counter()
+    res = lap.solve_assignment(a, solver, warm)
+    return res, time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default="../shared/datasets")
+    p.add_argument("--cache", default="runs/cache", help="bench_transfer's cached sources")
+    p.add_argument("--dir", default="runs/recorded", help="where the matrices go")
+    p.add_argument("--width", type=int, default=4096)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--T", type=int, default=10)
+    p.add_argument("--out", default="benchmarks/results/bench_recorded.csv")
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args()
+    if args.smoke:
+        args.width, args.epochs, args.T = 64, 2, 3
+    solvers = ["scipy", "auction"] + (["fastlap"] if lap._has_fastlap() else [])
+    rows, warm = [], None
+    for step, path in enumerate(record(args), 1):
+        a = torch.from_numpy(np.load(path).astype(np.float64))
+        n = a.shape[0]
+        opt = None
+        for solver in solvers:
+            res, sec = timed(solver, a)
+            value = float(a[torch.arange(n), res.perm].sum())
+            opt = value if solver == "scipy" else opt
+            rows.append(dict(step=step, n=n, solver=solver, mode="cold", seconds=sec, method=res.method,
+                             rel_gap=(opt - value) / abs(opt)))
+        warm, sec = timed("auction", a, warm)
+        value = float(a[torch.arange(n), warm.perm].sum())
+        rows.append(dict(step=step, n=n, solver="auction", mode="warm chain", seconds=sec, method=warm.method,
+                         rel_gap=(opt - value) / abs(opt)))
+        print(rows[-1], flush=True)
+    df = pd.DataFrame(rows)
+    if not args.smoke:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False)
+    print(df.pivot_table(index="step", columns=["solver", "mode"], values="seconds").round(2).to_string())
+    print("total seconds:", df.groupby(["solver", "mode"]).seconds.sum().round(1).to_dict())
+    print("max relative gap to scipy:", df.groupby(["solver", "mode"]).rel_gap.max().to_dict())
+
+
+if __name__ == "__main__":
+    main()
