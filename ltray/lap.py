@@ -36,11 +36,12 @@ Solvers (``SOLVERS``):
     step's prices it falls from ~3 s at the first steps to 0.6-0.8 s, so a whole FGMT chain of 10 solves
     costs 12.6-14.2 s against fastlap's 18.7-20.8 s and scipy's 91-115 s.  Below that, fastlap's compiled
     auction from n = ``AUTO_FASTLAP_MIN_N`` when the optional package is installed
-    (``pip install 'ltray[fast]'``), else scipy (which also wins below n = 512).  On CUDA ``"auto"`` does not pick the auction until a GPU benchmark says it should (its
-    sequential tail runs on the host).
+    (``pip install 'ltray[fast]'``), else scipy (which also wins below n = 512).  On CUDA ``"auto"`` does
+    not pick the auction until a GPU benchmark says it should (its sequential tail runs on the host).
 ``"fastlap"``
-    fastlap's Rust auction (optional dependency).  Not certified by ltray; tested equal to scipy's
-    optimum on random, degenerate and recorded gradient-matching matrices.
+    fastlap's Rust auction (optional dependency).  Not certified by ltray; within 1e-9 (relative) of
+    scipy's optimum on random, degenerate and recorded gradient-matching matrices, but not always equal
+    to it (up to 3.5e-10 below it on recorded MNIST FGMT matrices).
 
 The auction runs the same torch code on CPU and CUDA in float64: vectorised Jacobi bidding rounds
 while many rows are unassigned, then (once few are left, where a Jacobi round would move a single
