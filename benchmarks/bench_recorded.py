@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench_transfer import cached_source  # noqa: E402  (benchmarks/ is this script's sys.path[0])
 from ltray import lap
-from ltray.pipeline import DataConfig, ModelConfig, train_source, transfer_pair
+from ltray.pipeline import DataConfig, ModelConfig, transfer_pair
 from ltray.results import derive_seed
 from ltray.train import TrainConfig
-from ltray.trajectory import load_trajectory
 from ltray.transfer import TransferConfig
 
 
@@ -40,9 +40,7 @@ def record(args) -> list[Path]:
     data_cfg = DataConfig("digits") if args.smoke else DataConfig("mnist", str(Path(args.data_root).resolve()))
     data, train_cfg = data_cfg.load(), TrainConfig(epochs=args.epochs, lr=0.01)
     model_cfg = ModelConfig("mlp", args.width)
-    cached = Path(args.cache) / f"mnist_w{args.width}_e{args.epochs}_lr0.01_s0.safetensors"
-    source = load_trajectory(cached) if cached.exists() and not args.smoke else \
-        train_source(data, data_cfg, model_cfg, train_cfg, 0, progress=False)
+    source = cached_source(data, data_cfg, model_cfg, train_cfg, 0, None if args.smoke else args.cache)
     transfer_pair(data, model_cfg, train_cfg, TransferConfig(T=args.T, solver="recording"), ("fgmt",), source,
                   1000, seed=derive_seed("transfer", 0, 1000))
     return paths

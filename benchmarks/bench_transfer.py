@@ -22,6 +22,18 @@ from ltray.trajectory import load_trajectory, save_trajectory
 from ltray.transfer import TransferConfig
 
 
+def cached_source(data, data_cfg, model_cfg, train_cfg, seed: int, cache: str | None):
+    """Source `seed`'s trajectory from `cache` (trained and stored there on first use); no cache: trained."""
+    path = None if cache is None else Path(cache) / (
+        f"{data_cfg.name}_w{model_cfg.width}_e{train_cfg.epochs}_lr{train_cfg.lr:g}_s{seed}.safetensors")
+    if path is not None and path.exists():
+        return load_trajectory(path)
+    source = train_source(data, data_cfg, model_cfg, train_cfg, seed)
+    if path is not None:
+        save_trajectory(source, path)
+    return source
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default="../shared/datasets")
@@ -53,13 +65,7 @@ def main() -> None:
         print(f"source training on this machine now: {retimed:.1f} s", flush=True)
     rows = []
     for k in range(args.seeds):
-        path = Path(args.cache) / f"{data_cfg.name}_w{args.width}_e{args.epochs}_lr{args.lr:g}_s{k}.safetensors"
-        if path.exists() and not args.smoke:
-            source = load_trajectory(path)
-        else:
-            source = train_source(data, data_cfg, model_cfg, train_cfg, k)
-            if not args.smoke:
-                save_trajectory(source, path)
+        source = cached_source(data, data_cfg, model_cfg, train_cfg, k, None if args.smoke else args.cache)
         for solver in args.solvers:
             cfg = TransferConfig(T=args.T, solver=solver)
             t0 = time.perf_counter()
