@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ltray.lap import solve_assignment  # noqa: E402
+from ltray import lap  # noqa: E402
 
 RANK = 128
 
@@ -62,11 +62,19 @@ def objective(m: torch.Tensor, perm: torch.Tensor) -> float:
     return float(m[torch.arange(m.shape[0], device=m.device), perm].sum())
 
 
+def solve(m, solver, warm=None):
+    """solve_assignment; "auction-torch" / "auction-eps-torch" force the auction's torch backend (the CPU
+    default is the compiled one)."""
+    if solver.endswith("-torch"):
+        return lap._auction_solve(m, warm, exact=solver == "auction-torch", backend="torch")
+    return lap.solve_assignment(m, solver, warm=warm)
+
+
 def timed(m, solver, warm=None):
     if m.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    res = solve_assignment(m, solver, warm=warm)
+    res = solve(m, solver, warm=warm)
     if m.is_cuda:
         torch.cuda.synchronize()
     return res, time.perf_counter() - t0
@@ -76,7 +84,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     ap.add_argument("--kinds", nargs="+", default=["random", "gm", "gm-het"])
-    ap.add_argument("--solvers", nargs="+", default=["scipy", "auction", "auction-eps", "auto"])
+    ap.add_argument("--solvers", nargs="+", default=["scipy", "auction", "auction-torch", "auction-eps", "auto"])
     ap.add_argument("--steps", type=int, default=3, help="matrices per sequence (k = 1..steps terms)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="sizes 256 512, 2 steps")

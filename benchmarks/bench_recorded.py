@@ -1,8 +1,9 @@
 """Assignment solvers on the real score matrices of one MNIST FGMT transfer (width 4096, T=10).
 
 Records the 10 accumulated 4096 x 4096 matrices that FGMT hands to the solver (source seed 0 from the
-bench_transfer cache, target seed 1000), then for each: scipy, fastlap and the auction cold, with the
-objective gap to scipy; and the auction warm-started along the chain, as the matcher runs it.
+bench_transfer cache, target seed 1000), then for each: scipy, fastlap and the auction (compiled CPU backend,
+and its torch backend) cold, with the objective gap to scipy; and both auctions warm-started along the chain,
+as the matcher runs them.
 
     python benchmarks/bench_recorded.py                      # records into runs/recorded (1.3 GB), then times
     python benchmarks/bench_recorded.py --smoke              # digits, width 64: seconds
@@ -47,8 +48,12 @@ def record(args) -> list[Path]:
 
 
 def timed(solver, a, warm=None):
+    """"auction-torch" is the auction's torch backend (the CPU default is the compiled one)."""
     t0 = time.perf_counter()
-    res = lap.solve_assignment(a, solver, warm)
+    if solver == "auction-torch":
+        res = lap._auction(a, warm, backend="torch")
+    else:
+        res = lap.solve_assignment(a, solver, warm)
     return res, time.perf_counter() - t0
 
 
@@ -65,23 +70,25 @@ def main() -> None:
     args = p.parse_args()
     if args.smoke:
         args.width, args.epochs, args.T = 64, 2, 3
-    solvers = ["scipy", "auction"] + (["fastlap"] if lap._has_fastlap() else [])
-    rows, warm = [], None
+    solvers = ["scipy", "auction", "auction-torch"] + (["fastlap"] if lap._has_fastlap() else [])
+    chained = ["auction", "auction-torch"]
+    rows, warm = [], dict.fromkeys(chained)
     for step, path in enumerate(record(args), 1):
-        a = torch.from_numpy(np.load(path).astype(np.float64))
+        a = torch.from_numpy(np.load(path))      # as the matcher hands it over (float32)
         n = a.shape[0]
         opt = None
         for solver in solvers:
             res, sec = timed(solver, a)
-            value = float(a[torch.arange(n), res.perm].sum())
+            value = float(a[torch.arange(n), res.perm].double().sum())
             opt = value if solver == "scipy" else opt
             rows.append(dict(step=step, n=n, solver=solver, mode="cold", seconds=sec, method=res.method,
                              rel_gap=(opt - value) / abs(opt)))
-        warm, sec = timed("auction", a, warm)
-        value = float(a[torch.arange(n), warm.perm].sum())
-        rows.append(dict(step=step, n=n, solver="auction", mode="warm chain", seconds=sec, method=warm.method,
-                         rel_gap=(opt - value) / abs(opt)))
-        print(rows[-1], flush=True)
+        for solver in chained:
+            warm[solver], sec = timed(solver, a, warm[solver])
+            value = float(a[torch.arange(n), warm[solver].perm].double().sum())
+            rows.append(dict(step=step, n=n, solver=solver, mode="warm chain", seconds=sec,
+                             method=warm[solver].method, rel_gap=(opt - value) / abs(opt)))
+            print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     if not args.smoke:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -20,38 +20,39 @@ Solvers (``SOLVERS``):
     ``min_weight_full_bipartite_matching``), and its optimum is a global optimum.  If anything goes
     wrong (bid/round limit, too many edges, no full matching) it falls back to scipy's dense solver
     (on the reduced costs, which is the same problem and faster with good prices).
-    ``gap_bound`` is 0.0: optimal up to float64 rounding.
+    ``gap_bound`` is 0.0: optimal up to float64 rounding.  The final eps of exact mode is
+    ``EXACT_EPS_REL[backend] * (max - min) / n``: compiled phases are cheap, and a smaller eps leaves the
+    sparse finish only a few edges per row.
 ``"auction-eps"``
     Approximate: the same auction stopped at a final ``eps`` (default ``1e-6 * (max - min) / n``;
     raised to a float floor of about 1e3 ulps of the scores' magnitude if smaller).  Standard eps-CS
-    bound: ``objective >= optimum - n * eps`` (eps/2 of it is the auction's final eps, eps/2 the
-    tie-breaking jitter).  ``gap_bound`` reports
+    bound: ``objective >= optimum - n * eps`` (eps/2 of it is the auction's final eps, eps/2 the torch
+    backend's tie-breaking jitter).  ``gap_bound`` reports
     ``min(n * eps, G) + float slack``, both proven upper bounds on ``optimum - objective``.
 ``"auto"``
     The recommended default: the fastest exact solver, as measured on the 2-core CPU of the project's
-    development machine (``benchmarks/bench_lap.py`` on synthetic matrices, ``benchmarks/bench_transfer.py``
-    on real MNIST transfers).  On CPU from n = ``AUTO_AUCTION_MIN_N["cpu"]`` (2048) it is ``"auction"``:
-    on the recorded 4096 x 4096 FGMT matrices of an MNIST 2-MLP transfer (``benchmarks/bench_recorded.py``)
-    a cold solve takes 2.3-4.1 s (scipy 9.5-13 s, fastlap 1.6-2.3 s), and warm-started from the previous
-    step's prices it falls from ~3 s at the first steps to 0.6-0.8 s, so a whole FGMT chain of 10 solves
-    costs 12.6-14.2 s against fastlap's 18.7-20.8 s and scipy's 91-115 s.  Below that, fastlap's compiled
-    auction from n = ``AUTO_FASTLAP_MIN_N`` when the optional package is installed
-    (``pip install 'ltray[fast]'``), else scipy (which also wins below n = 512).  On CUDA ``"auto"`` does
-    not pick the auction until a GPU benchmark says it should (its sequential tail runs on the host).
+    development machine (``benchmarks/bench_lap.py`` on synthetic matrices, ``benchmarks/bench_recorded.py``
+    on the recorded score matrices of an MNIST FGMT transfer, ``benchmarks/bench_transfer.py`` end to end).
+    On the CPU from n = ``AUTO_AUCTION_MIN_N["cpu"]`` it is ``"auction"`` (compiled backend), below that
+    scipy.  On CUDA ``"auto"`` does not pick the auction until a GPU benchmark says it should.
 ``"fastlap"``
-    fastlap's Rust auction (optional dependency).  Not certified by ltray; within 1e-9 (relative) of
-    scipy's optimum on random, degenerate and recorded gradient-matching matrices, but not always equal
-    to it (up to 3.5e-10 below it on recorded MNIST FGMT matrices).
+    fastlap's Rust auction (optional dependency, ``pip install 'ltray[fast]'``).  Not certified by ltray;
+    within 1e-9 (relative) of scipy's optimum on random, degenerate and recorded gradient-matching
+    matrices, but not always equal to it (up to 3.5e-10 below it on recorded MNIST FGMT matrices).
 
-The auction runs the same torch code on CPU and CUDA in float64: vectorised Jacobi bidding rounds
-while many rows are unassigned, then (once few are left, where a Jacobi round would move a single
-bid) sequential Gauss-Seidel bids on small CPU arrays.  Each row keeps a candidate list of its K best
-columns (see ``_Auction``) so a bid costs O(K), not O(n).  The ``state`` of an auction `Assignment` is
-an `AuctionState` (prices, final eps); passing the Assignment back as ``warm`` for the next, slightly
-changed, matrix of the same shape restarts from those prices and that assignment at a smaller eps.
+The auction has two backends with the same phases, warm start and certificate.  ``"jit"`` (the CPU
+default) bids sequentially (Gauss-Seidel) in numba-compiled code (`ltray._auction_jit`), reading
+float32 or float64 scores in place; a bid costs O(K) and a row's candidate refresh O(n).  ``"torch"``
+(any device, the default off the CPU) runs vectorised Jacobi bidding rounds in float64 while many rows
+are unassigned, then sequential bids on small CPU arrays; it breaks exact ties with a jitter, which
+Jacobi rounds need and Gauss-Seidel bidding does not.  Each row keeps a candidate list of its K best
+columns (see ``_Auction``).  The ``state`` of an auction `Assignment` is an `AuctionState` (prices,
+final eps); passing the Assignment back as ``warm`` for the next, slightly changed, matrix of the same
+shape restarts from those prices and that assignment at a smaller eps.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ AUCTION_K = 32                         # candidate columns kept per row
 AUCTION_THETA = 8.0                    # eps reduction factor between phases
 AUCTION_GS_BELOW = 48                  # switch from Jacobi rounds to sequential bids below this many bidders
 SPARSE_MAX_EDGES_PER_ROW = 32          # exact finish: sparse LAPJV up to this many edges per row, else dense
-EXACT_EPS_REL = 1e-2                   # exact mode: final eps = EXACT_EPS_REL * (max - min) / n
+EXACT_EPS_REL = {"jit": 1e-4, "torch": 1e-2}   # exact mode: final eps = this * (max - min) / n
 WARM_QUANTILE = 0.95                   # warm start: first eps = this quantile of the rows' eps-CS violations
 APPROX_EPS_REL = 1e-6                  # auction-eps default: eps = APPROX_EPS_REL * (max - min) / n
 AUTO_AUCTION_MIN_N = {"cpu": 2048, "cuda": None}   # "auto": auction from this n on (None: never)
@@ -126,6 +127,13 @@ class _AuctionFailed(Exception):
     pass
 
 
+@functools.lru_cache(maxsize=4)
+def _jitter(m: int, n: int) -> torch.Tensor:
+    """The fixed pseudo-random tie-breaking pattern J in [0, 1), (m, n) float64 on the CPU (read-only)."""
+    g = torch.Generator(device="cpu").manual_seed(0x5EED)
+    return torch.rand(m, n, generator=g, dtype=torch.float64)
+
+
 class _Auction:
     """Epsilon-scaling forward auction on A' = A + delta * J, J in [0, 1) a fixed pseudo-random
     pattern that breaks exact ties (identical rows would otherwise all chase the same column in a
@@ -152,8 +160,7 @@ class _Auction:
         m = min(n, _JITTER_ROWS)
         self.jrows = m
         if self.delta > 0:
-            g = torch.Generator(device="cpu").manual_seed(0x5EED)
-            self.J = torch.rand(m, n, generator=g, dtype=torch.float64).to(self.dev)
+            self.J = _jitter(m, n).to(self.dev)
         else:
             self.J = None
         self.arange = torch.arange(n, device=self.dev)
@@ -201,6 +208,32 @@ class _Auction:
         self.beta = vals[:, K].contiguous()
         self.refreshed += self.n
         return vals[:, 0]
+
+    def _jit_args(self):
+        if self._J_np is None:
+            return self._A_np, np.zeros((1, self.n)), 0.0, 1
+        return self._A_np, self._J_np, self.delta, self.jrows
+
+    def init_candidates_jit(self, jit, p: torch.Tensor) -> torch.Tensor:
+        K, n = self.K, self.n
+        self.cand = torch.empty(n, K, dtype=torch.long)
+        self.candv = torch.empty(n, K, dtype=torch.float64)
+        self.beta = torch.empty(n, dtype=torch.float64)
+        top1 = torch.empty(n, dtype=torch.float64)
+        jit.init_candidates(*self._jit_args(), p.numpy(), self.cand.numpy(), self.candv.numpy(),
+                            self.beta.numpy(), top1.numpy())
+        self.refreshed += n
+        return top1
+
+    def run_phases_jit(self, jit, eps_list, p, row_col, col_row) -> None:
+        bids, refreshed, ok = jit.run_phases(*self._jit_args(), np.asarray(eps_list, dtype=np.float64),
+                                             p.numpy(), row_col.numpy(), col_row.numpy(), self.cand.numpy(),
+                                             self.candv.numpy(), self.beta.numpy(), self.max_bids - self.bids)
+        self.bids += bids
+        self.seq_bids += bids
+        self.refreshed += refreshed
+        if not ok:
+            raise _AuctionFailed("auction bid limit reached")
 
     def refresh(self, rows: torch.Tensor, p: torch.Tensor):
         K = self.K
@@ -357,16 +390,24 @@ class _Auction:
 
 def _auction_solve(score: torch.Tensor, warm: Assignment | None, exact: bool,
                    eps: float | None = None, max_bids: int | None = None,
-                   sparse_edges_per_row: int | None = None) -> Assignment:
+                   sparse_edges_per_row: int | None = None, backend: str | None = None) -> Assignment:
+    """`backend`: "jit" (compiled sequential bidding, CPU only) or "torch" (any device); default: "jit" on
+    the CPU, "torch" elsewhere."""
     t_start = time.perf_counter()
     n = score.shape[0]
     dev = score.device
+    backend = backend or ("jit" if dev.type == "cpu" else "torch")
+    if backend not in ("jit", "torch") or (backend == "jit" and dev.type != "cpu"):
+        raise LtrayError(f"auction backend {backend!r} does not run on {dev.type}")
     if n == 0:
         return Assignment(torch.zeros(0, dtype=torch.long, device=dev), method="trivial")
-    A = score.detach().to(torch.float64).contiguous()
-    if not bool(torch.isfinite(A).all()):
+    jit = _jit_kernels() if backend == "jit" else None
+    # the compiled kernels read float32 scores as they are (exactly representable in float64)
+    keep = jit is not None and score.dtype in (torch.float32, torch.float64)
+    A = score.detach().to(score.dtype if keep else torch.float64).contiguous()
+    amin, amax = (float(v) for v in torch.aminmax(A))
+    if not (math.isfinite(amin) and math.isfinite(amax)):      # min/max propagate NaN
         raise LtrayError("assignment score matrix has NaN or infinite entries")
-    amax, amin = float(A.max()), float(A.min())
     C = amax - amin
     if n == 1 or C == 0.0:
         # every permutation is optimal
@@ -376,14 +417,14 @@ def _auction_solve(score: torch.Tensor, warm: Assignment | None, exact: bool,
     # eps must stay far above the rounding of prices (O(scale + C) in practice)
     eps_floor = 1e3 * _F64_EPS * (scale + C)
     if exact:
-        eps_final = max(EXACT_EPS_REL * C / n, eps_floor)
+        eps_final = max(EXACT_EPS_REL[backend] * C / n, eps_floor)
     else:
         eps_target = eps if eps is not None else APPROX_EPS_REL * C / n
         if not eps_target > 0:
             raise LtrayError(f"auction eps must be positive, got {eps_target}")
         eps_final = max(eps_target / 2, eps_floor)
     # jitter size: eps-CS at eps_final on A' gives objective >= optimum - n * (eps_final + delta)
-    delta = eps_final
+    delta = 0.0 if jit is not None else eps_final    # sequential bidding needs no tie-breaking
     theta = AUCTION_THETA
     au = _Auction(A, delta, AUCTION_K, max_bids=150 * n + 50_000 if max_bids is None else max_bids)
 
@@ -397,7 +438,10 @@ def _auction_solve(score: torch.Tensor, warm: Assignment | None, exact: bool,
         p -= p.min()
     else:
         p = torch.zeros(n, dtype=torch.float64, device=dev)
-    top1 = au.init_candidates(p)
+    if jit is not None:
+        top1 = au.init_candidates_jit(jit, p)
+    else:
+        top1 = au.init_candidates(p)
     warm_used = False
     if use_warm:
         wp = warm.perm.detach().to(dev, torch.long)
@@ -417,9 +461,12 @@ def _auction_solve(score: torch.Tensor, warm: Assignment | None, exact: bool,
     eps_list.append(eps_final)
     info = {"n": n, "phases": len(eps_list), "warm": warm_used}
     try:
-        for e in eps_list:
-            au.run_phase(torch.full((n,), e, dtype=torch.float64, device=dev), p, row_col, col_row,
-                         AUCTION_GS_BELOW)
+        if jit is not None:
+            au.run_phases_jit(jit, eps_list, p, row_col, col_row)
+        else:
+            for e in eps_list:
+                au.run_phase(torch.full((n,), e, dtype=torch.float64, device=dev), p, row_col, col_row,
+                             AUCTION_GS_BELOW)
     except _AuctionFailed as err:
         info.update(_auction_info(au, t_start), failed=str(err))
         return _fallback(score, A, p, exact, info)
@@ -440,6 +487,13 @@ def _auction_solve(score: torch.Tensor, warm: Assignment | None, exact: bool,
         return _fallback(score, A, p, exact, info, state)
     info["t_total"] = time.perf_counter() - t_start
     return Assignment(res, state, 0.0, method="auction+sparse", info=info)
+
+
+def _jit_kernels():
+    """The compiled kernels (imported on first use: numba takes ~0.5 s to import)."""
+    from . import _auction_jit
+
+    return _auction_jit
 
 
 def _auction_info(au: _Auction, t_start: float) -> dict:
@@ -529,12 +583,12 @@ def _sparse_finish(au: _Auction, A, p, perm, u, exact_rows, T: float, info: dict
 
 
 class _CpuThreads:
-    """Run the auction with one intra-op thread on the CPU.  Its rounds are many small tensor ops; with
+    """Run the torch auction with one intra-op thread on the CPU.  Its rounds are many small tensor ops; with
     a multi-threaded pool each pays a fork/join, which on a busy machine (descheduled worker threads)
     made single small ops take milliseconds.  The previous setting is restored afterwards."""
 
-    def __init__(self, device: torch.device):
-        self.active = device.type == "cpu" and torch.get_num_threads() > 1
+    def __init__(self, device: torch.device, backend: str | None):
+        self.active = device.type == "cpu" and backend == "torch" and torch.get_num_threads() > 1
 
     def __enter__(self):
         if self.active:
@@ -546,14 +600,15 @@ class _CpuThreads:
             torch.set_num_threads(self.saved)
 
 
-def _auction(score: torch.Tensor, warm: Assignment | None) -> Assignment:
-    with _CpuThreads(score.device):
-        return _auction_solve(score, warm, exact=True)
+def _auction(score: torch.Tensor, warm: Assignment | None, backend: str | None = None) -> Assignment:
+    with _CpuThreads(score.device, backend):
+        return _auction_solve(score, warm, exact=True, backend=backend)
 
 
-def _auction_eps(score: torch.Tensor, warm: Assignment | None, eps: float | None = None) -> Assignment:
-    with _CpuThreads(score.device):
-        return _auction_solve(score, warm, exact=False, eps=eps)
+def _auction_eps(score: torch.Tensor, warm: Assignment | None, eps: float | None = None,
+                 backend: str | None = None) -> Assignment:
+    with _CpuThreads(score.device, backend):
+        return _auction_solve(score, warm, exact=False, eps=eps, backend=backend)
 
 
 def _auto(score: torch.Tensor, warm: Assignment | None) -> Assignment:

@@ -10,6 +10,15 @@ from ltray.lap import SOLVERS, Assignment, AuctionState, _auction_solve, solve_a
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 EXACT = ["scipy", "auction", "auto"]
+# the auction's backends: compiled sequential bidding (CPU) and torch (any device; the default off the CPU)
+BACKENDS = [("cpu", "jit"), ("cpu", "torch")] + ([("cuda", "torch")] if torch.cuda.is_available() else [])
+
+
+def _solve(a, solver, backend=None, warm=None, eps=None):
+    """solve_assignment, or the auction with an explicit backend."""
+    if backend is None or solver not in ("auction", "auction-eps"):
+        return solve_assignment(a, solver, warm=warm, eps=eps)
+    return _auction_solve(a, warm, exact=solver == "auction", eps=eps, backend=backend)
 
 
 def _gen(kind: str, n: int, seed: int) -> torch.Tensor:
@@ -65,12 +74,12 @@ CASES = [("random", 200), ("random", 512), ("int-ties", 300), ("rank5", 256), ("
          ("random", 1), ("random", 2), ("random", 3), ("int-ties", 3), ("constant", 2)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("solver", EXACT)
+@pytest.mark.parametrize("device,solver,backend",
+                         [(d, s, None) for d in DEVICES for s in EXACT] + [(d, "auction", b) for d, b in BACKENDS])
 @pytest.mark.parametrize("kind,n", CASES)
-def test_exact_solvers_reach_scipy_optimum(kind, n, solver, device):
+def test_exact_solvers_reach_scipy_optimum(kind, n, solver, device, backend):
     a = _gen(kind, n, seed=n).to(device)
-    res = solve_assignment(a, solver)
+    res = _solve(a, solver, backend)
     _check_perm(res, n, device)
     opt = _opt(a)
     got = _objective(a, res.perm)
@@ -79,15 +88,15 @@ def test_exact_solvers_reach_scipy_optimum(kind, n, solver, device):
     assert res.gap_bound == 0.0
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("kind,n", [("random", 256), ("int-ties", 200), ("rank5", 256), ("hetero", 256),
                                     ("dup-rows", 128), ("random", 2)])
 @pytest.mark.parametrize("rel", [1e-1, 1e-4])
-def test_auction_eps_gap_within_reported_bound(kind, n, rel, device):
+def test_auction_eps_gap_within_reported_bound(kind, n, rel, device, backend):
     a = _gen(kind, n, seed=7 + n).to(device)
     C = float(a.max() - a.min())
     eps = rel * max(C, 1e-12) / max(n, 1)
-    res = solve_assignment(a, "auction-eps", eps=eps)
+    res = _solve(a, "auction-eps", backend, eps=eps)
     _check_perm(res, n, device)
     gap = _opt(a) - _objective(a, res.perm)
     assert res.gap_bound >= 0.0
@@ -95,10 +104,10 @@ def test_auction_eps_gap_within_reported_bound(kind, n, rel, device):
     assert gap <= res.gap_bound + 1e-12 * _scale(a), (gap, res.gap_bound)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["random", "rank50", "hetero", "int-ties"])
 @pytest.mark.parametrize("solver", ["auction", "auction-eps"])
-def test_warm_start_from_perturbed_matrix(kind, solver, device):
+def test_warm_start_from_perturbed_matrix(kind, solver, device, backend):
     n = 256
     a0 = _gen(kind, n, seed=11).to(device)
     g = torch.Generator().manual_seed(12)
@@ -107,9 +116,9 @@ def test_warm_start_from_perturbed_matrix(kind, solver, device):
     else:   # FGMT-like step: one more low-rank term
         a1 = a0 + 0.3 * (torch.randn(n, 8, generator=g, dtype=torch.float64)
                          @ torch.randn(8, n, generator=g, dtype=torch.float64)).to(device) * a0.std()
-    first = solve_assignment(a0, solver)
+    first = _solve(a0, solver, backend)
     assert isinstance(first.state, AuctionState) and first.state.prices.shape == (n,)
-    second = solve_assignment(a1, solver, warm=first)
+    second = _solve(a1, solver, backend, warm=first)
     _check_perm(second, n, device)
     assert second.info.get("warm") is True
     gap = _opt(a1) - _objective(a1, second.perm)
@@ -129,25 +138,28 @@ def test_warm_start_ignores_unusable_state():
     assert _objective(a, res.perm) >= _opt(a) - 1e-9 * _scale(a)
 
 
-def test_bid_limit_falls_back_to_exact_scipy():
+@pytest.mark.parametrize("backend", ["jit", "torch"])
+def test_bid_limit_falls_back_to_exact_scipy(backend):
     a = _gen("hetero", 200, seed=5)
-    res = _auction_solve(a, None, exact=True, max_bids=10)
+    res = _auction_solve(a, None, exact=True, max_bids=10, backend=backend)
     assert res.method == "auction->scipy" and "failed" in res.info
     _check_perm(res, 200, "cpu")
     assert _objective(a, res.perm) >= _opt(a) - 1e-9 * _scale(a)
 
 
-def test_dense_finish_when_threshold_graph_is_large():
+@pytest.mark.parametrize("backend", ["jit", "torch"])
+def test_dense_finish_when_threshold_graph_is_large(backend):
     a = _gen("rank5", 200, seed=6)
-    res = _auction_solve(a, None, exact=True, sparse_edges_per_row=0)
+    res = _auction_solve(a, None, exact=True, sparse_edges_per_row=0, backend=backend)
     assert res.method in ("auction->scipy", "auction(certified)")
     assert _objective(a, res.perm) >= _opt(a) - 1e-9 * _scale(a)
 
 
-def test_float32_and_integer_inputs():
+@pytest.mark.parametrize("backend", ["jit", "torch"])
+def test_float32_and_integer_inputs(backend):
     a = _gen("random", 100, seed=8)
     for x in (a.float(), (a * 10).round().to(torch.int64)):
-        res = solve_assignment(x, "auction")
+        res = _solve(x, "auction", backend)
         _check_perm(res, 100, "cpu")
         assert _objective(x, res.perm) >= _opt(x) - 1e-9 * _scale(x.double())
 
@@ -174,6 +186,8 @@ def test_bad_input_is_a_user_error():
         solve_assignment(torch.eye(3), "auction-eps", eps=-1.0)
     with pytest.raises(LtrayError):
         solve_assignment(torch.eye(3), "scipy", eps=1e-3)
+    with pytest.raises(LtrayError, match="backend"):
+        _auction_solve(torch.eye(3), None, exact=True, backend="fortran")
 
 
 def test_solver_registry_and_default():
