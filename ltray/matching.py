@@ -27,24 +27,27 @@ def _rows(x: torch.Tensor, axis: int) -> torch.Tensor:
     return x.movedim(axis, 0).reshape(x.shape[axis], -1)
 
 
-def _score_term(t, s, axis: int) -> torch.Tensor:
-    """<t_i, s_j> over `axis` (float32); factored Linear gradients go through a B x B kernel when cheaper:
-    rows (axis 0): d_t.T (x_t x_s.T) d_s;  columns (axis 1): x_t.T (d_t d_s.T) x_s."""
+def _score_factors(t, s, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R), float32, with <t_i, s_j> over `axis` = (L @ R.T)[i, j].  Factored Linear gradients go through
+    a B x B kernel when their batch is smaller than the layer's other dimension:
+    rows (axis 0): L = d_t.T (x_t x_s.T), R = d_s.T;  columns (axis 1): L = x_t.T (d_t d_s.T), R = x_s.T."""
     if isinstance(t, LinearFactors) and isinstance(s, LinearFactors):
         other = t.x.shape[1] if axis == 0 else t.d.shape[1]
-        if t.x.shape[0] + s.x.shape[0] < other:
+        if s.x.shape[0] < other:
             if axis == 0:
-                return (t.d.T @ (t.x @ s.x.T)) @ s.d
-            return (t.x.T @ (t.d @ s.d.T)) @ s.x
+                return (t.d.T @ (t.x @ s.x.T)).float(), s.d.T.float()
+            return (t.x.T @ (t.d @ s.d.T)).float(), s.x.T.float()
     t = t.dense() if isinstance(t, LinearFactors) else t
     s = s.dense() if isinstance(s, LinearFactors) else s
-    return _rows(t, axis).float() @ _rows(s, axis).float().T
+    return _rows(t, axis).float(), _rows(s, axis).float()
 
 
 class Matcher:
-    def __init__(self, spec: PermutationSpec, solver: str = "auto", dtype: torch.dtype = torch.float64,
+    def __init__(self, spec: PermutationSpec, solver: str = "auto", dtype: torch.dtype = torch.float32,
                  warm: dict[str, Assignment] | None = None):
-        """`warm`: a dict of each group's last `Assignment`, updated in place by `solve`; share one between
+        """`dtype` of the accumulated scores: float32 like the gradients they are products of (one rounding per
+        pair added; float64 doubles the memory traffic of every product and solve for no change in the match).
+        `warm`: a dict of each group's last `Assignment`, updated in place by `solve`; share one between
         matchers whose problems follow each other (GMT's per-step matchers) so solvers can warm-start."""
         self.spec, self.solver, self.dtype = spec, solver, dtype
         self.static: dict[str, torch.Tensor] = {}                      # group -> (n, n) accumulated score
@@ -54,8 +57,9 @@ class Matcher:
 
     def add_pair(self, target: Pair, source: Pair, weight: float = 1.0) -> None:
         """Add weight * <pi source, target> to the objective; keys absent from either dict are ignored.
-        Values are tensors or `LinearFactors` (factored Linear weight gradients)."""
-        terms: dict[str, torch.Tensor] = {}
+        Values are tensors or `LinearFactors` (factored Linear weight gradients).  A group's terms from all
+        tensors are one low-rank product L @ R.T (L, R concatenated over tensors), accumulated in place."""
+        factors: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for key, axes in self.spec.axes.items():
             if key not in target or key not in source:
                 continue
@@ -63,30 +67,31 @@ class Matcher:
             t, s = target[key], source[key]
             if len(groups) == 1:
                 (axis, g), = groups
-                term = _score_term(t, s, axis)
-                terms[g] = terms[g] + term if g in terms else term
+                factors.setdefault(g, []).append(_score_factors(t, s, axis))
             elif len(groups) > 1:
                 t = t.dense() if isinstance(t, LinearFactors) else t
                 s = s.dense() if isinstance(s, LinearFactors) else s
                 self.coupled.append((key, t.detach() * weight, s.detach()))
-        for g, term in terms.items():  # one conversion to the accumulator's dtype per group and pair
-            self.add_score(g, term * weight if weight != 1.0 else term)
+        for g, pairs in factors.items():
+            L = torch.cat([l for l, _ in pairs], dim=1).to(self.dtype)
+            R = torch.cat([r for _, r in pairs], dim=1).to(self.dtype)
+            if g in self.static:
+                self.static[g].addmm_(L, R.T, alpha=weight)
+            else:
+                self.static[g] = torch.mm(L, R.T).mul_(weight) if weight != 1.0 else torch.mm(L, R.T)
         self.num_pairs += 1
 
-    def add_score(self, group: str, term: torch.Tensor) -> None:
-        """Add a precomputed n x n score term to one group (e.g. a factored gradient product)."""
-        if group in self.static:
-            self.static[group] += term.to(self.dtype)
-        else:
-            self.static[group] = term.to(self.dtype).clone()
-
     def score_matrix(self, group: str, perm: Permutation) -> torch.Tensor:
-        """The group's n x n score given the other groups' current permutations: score[i, j] = <t_i, s_j>."""
+        """The group's n x n score given the other groups' current permutations: score[i, j] = <t_i, s_j>.
+        Read-only: without coupled tensors it is the accumulator itself."""
         n = self.spec.sizes[group]
         device = self.static[group].device if group in self.static else (
             self.coupled[0][1].device if self.coupled else torch.device("cpu"))
+        coupled = [(key, t, s) for key, t, s in self.coupled if group in self.spec.axes[key]]
+        if group in self.static and not coupled:
+            return self.static[group]   # not copied: solvers only read it
         A = self.static[group].clone() if group in self.static else torch.zeros(n, n, dtype=self.dtype, device=device)
-        for key, t, s in self.coupled:
+        for key, t, s in coupled:
             for axis, g in enumerate(self.spec.axes[key]):
                 if g == group:
                     s_perm = permute_axes_except(self.spec, perm, key, s, axis)
@@ -95,7 +100,7 @@ class Matcher:
 
     def objective(self, perm: Permutation) -> float:
         """sum_k <pi source_k, target_k>, up to a constant from tensors no group acts on."""
-        total = sum(float(A[torch.arange(len(p), device=A.device), p.to(A.device)].sum())
+        total = sum(float(A[torch.arange(len(p), device=A.device), p.to(A.device)].double().sum())
                     for g, A in self.static.items() for p in [perm[g]])
         for key, t, s in self.coupled:
             s_perm = permute_axes_except(self.spec, perm, key, s, skip_axis=-1)
@@ -117,8 +122,8 @@ class Matcher:
                 result = solve_assignment(A, self.solver, self._warm.get(g))
                 self._warm[g] = result
                 rows = torch.arange(A.shape[0], device=A.device)
-                old = float(A[rows, perm[g].to(A.device)].sum())
-                new = float(A[rows, result.perm.to(A.device)].sum())
+                old = float(A[rows, perm[g].to(A.device)].double().sum())
+                new = float(A[rows, result.perm.to(A.device)].double().sum())
                 if new > old + 1e-12 * max(1.0, abs(old)):
                     perm[g] = result.perm.cpu()
                     improved = True

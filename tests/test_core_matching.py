@@ -110,3 +110,29 @@ def test_matchers_sharing_warm_state_warm_start_and_stay_exact():
     for p in pairs:
         cold.add_pair(*p)
     assert abs(second.objective(found) - cold.objective(cold.solve())) <= 1e-9 * abs(cold.objective(found))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_accumulated_scores_are_the_weighted_sum_of_per_tensor_products(dtype):
+    """add_pair fuses every single-axis tensor of a group into one low-rank product; the accumulator must
+    equal the float64 sum over pairs and tensors of weight * rows(t) rows(s).T (float32: to its rounding)."""
+    gen = torch.Generator().manual_seed(5)
+    model = ltray.build_model("mlp", image_size=8, width=40, depth=1)
+    spec = ltray.spec_for(model)
+    noise = lambda: {k: torch.randn(v.shape, generator=gen) for k, v in model.state_dict().items()}
+    m = Matcher(spec, dtype=dtype)
+    expected = {}
+    for w in (1.0, 0.5, -2.0):
+        t, s = noise(), noise()
+        m.add_pair(t, s, weight=w)
+        for key, axes in spec.axes.items():
+            for axis, g in enumerate(axes):
+                if g is not None:
+                    rt = t[key].movedim(axis, 0).reshape(t[key].shape[axis], -1).double()
+                    rs = s[key].movedim(axis, 0).reshape(s[key].shape[axis], -1).double()
+                    expected[g] = expected.get(g, 0) + w * rt @ rs.T
+    assert set(m.static) == set(expected)
+    for g, e in expected.items():
+        assert m.static[g].dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        assert torch.allclose(m.static[g].double(), e, rtol=tol, atol=tol * float(e.abs().max()))
