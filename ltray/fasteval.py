@@ -23,7 +23,7 @@ from .trajectory import State
 
 class FirstLayerCache:
     def __init__(self, model: MLP, spec: PermutationSpec, theta2_0: State, delta: State, split: Split,
-                 chunk: int = 2048):
+                 chunk: int = 512):
         self.model, self.group = model, spec.axes["fc1.weight"][0]
         device = theta2_0["fc1.weight"].device
         self.y = split.y.to(device)
@@ -44,7 +44,8 @@ class FirstLayerCache:
         loss, correct = 0.0, 0
         with torch.no_grad():
             for i in range(0, len(self.y), self.chunk):
-                h = self.base[i:i + self.chunk] + lam * self.step[i:i + self.chunk][:, p]
+                # a chunk small enough to stay in cache; index_select gathers columns ~3x faster than [:, p]
+                h = torch.add(self.base[i:i + self.chunk], self.step[i:i + self.chunk].index_select(1, p), alpha=lam)
                 for name, module in self.rest:
                     sub = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
                     h = functional_call(module, sub, (h,)) if sub else module(h)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ltray
+from ltray.fasteval import FirstLayerCache
 from ltray.models import state_of
 from ltray.pipeline import DataConfig, ModelConfig, train_source, transfer_pair
 from ltray.train import gradient, reset_bn_stats
@@ -140,6 +141,11 @@ def test_cached_first_layer_evaluation_matches_a_full_forward_pass(digits, sourc
             spec, perm, {k: seq[t][k] - seq[0][k] for k in theta2}).items()}
         loss, acc = ltray.evaluate(model, state, digits.val)
         assert result.val_acc[t] == pytest.approx(acc) and result.val_loss[t] == pytest.approx(loss, rel=1e-4)
+        # the cache's row chunks (512 by default, more than digits' validation split) must not matter
+        delta = {k: seq[len(seq) - 1][k] - seq[0][k] for k in theta2}
+        small = FirstLayerCache(model, spec, theta2, delta, digits.val, chunk=37)
+        loss_c, acc_c = small.evaluate(state, perm, float(seq.lambdas[t]))
+        assert acc_c == pytest.approx(acc) and loss_c == pytest.approx(loss, rel=1e-4)
 
 
 def test_learning_rate_warmup_then_cosine():
