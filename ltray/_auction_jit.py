@@ -1,10 +1,11 @@
 """Compiled (numba) kernels of the CPU auction in `ltray.lap`: Gauss-Seidel bidding and candidate lists.
 
-The algorithm and its invariants are `ltray.lap._Auction`'s (see its docstring): a forward auction on
-A' = A + delta * J with per-row candidate lists of the K best columns and the bound beta_i on every
-other column.  Here every bid is sequential (Gauss-Seidel), which compiled costs O(K) per bid and O(n)
-per candidate refresh; the torch version needs vectorised Jacobi rounds to amortise Python's overhead.
-All arrays are numpy views of the torch tensors and are updated in place.
+The algorithm and its invariants are `ltray.lap._Auction`'s (see its docstring): a forward auction with
+per-row candidate lists of the K best columns and the bound beta_i on every other column.  Here every bid
+is sequential (Gauss-Seidel), which compiled costs O(K) per bid and O(n) per candidate refresh; the torch
+version needs vectorised Jacobi rounds (and a tie-breaking jitter for them) to amortise Python's
+overhead.  A is the score matrix as given (float32 or float64); prices are float64.  All arrays are numpy
+views of the torch tensors and are updated in place.
 """
 from __future__ import annotations
 
@@ -13,16 +14,11 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def _row_top(A, J, delta, jrows, p, i, topv, topi, buf):
-    """The K+1 largest a'_ij - p_j of row i, sorted descending, into topv/topi (length K+1)."""
+def _row_top(A, p, i, topv, topi, buf):
+    """The K+1 largest a_ij - p_j of row i, sorted descending, into topv/topi (length K+1)."""
     n = A.shape[1]
-    if delta != 0.0:
-        jr = i % jrows
-        for j in range(n):
-            buf[j] = A[i, j] + delta * J[jr, j] - p[j]
-    else:
-        for j in range(n):
-            buf[j] = A[i, j] - p[j]
+    for j in range(n):
+        buf[j] = A[i, j] - p[j]
     k1 = topv.shape[0]
     for k in range(k1):
         topv[k] = -np.inf
@@ -42,8 +38,8 @@ def _row_top(A, J, delta, jrows, p, i, topv, topi, buf):
 
 
 @njit(cache=True, nogil=True)
-def _refresh(A, J, delta, jrows, p, i, cand, candv, beta, topv, topi, buf):
-    _row_top(A, J, delta, jrows, p, i, topv, topi, buf)
+def _refresh(A, p, i, cand, candv, beta, topv, topi, buf):
+    _row_top(A, p, i, topv, topi, buf)
     K = cand.shape[1]
     for k in range(K):
         c = topi[k]
@@ -53,19 +49,19 @@ def _refresh(A, J, delta, jrows, p, i, cand, candv, beta, topv, topi, buf):
 
 
 @njit(cache=True, nogil=True)
-def init_candidates(A, J, delta, jrows, p, cand, candv, beta, top1):
+def init_candidates(A, p, cand, candv, beta, top1):
     """Candidate lists of every row at prices p; top1[i] = max_j a'_ij - p_j."""
     K = cand.shape[1]
     topv = np.empty(K + 1)
     topi = np.empty(K + 1, dtype=np.int64)
     buf = np.empty(A.shape[1])
     for i in range(A.shape[0]):
-        _refresh(A, J, delta, jrows, p, i, cand, candv, beta, topv, topi, buf)
+        _refresh(A, p, i, cand, candv, beta, topv, topi, buf)
         top1[i] = topv[0]
 
 
 @njit(cache=True, nogil=True)
-def run_phases(A, J, delta, jrows, eps_list, p, row_col, col_row, cand, candv, beta, max_bids):
+def run_phases(A, eps_list, p, row_col, col_row, cand, candv, beta, max_bids):
     """The eps phases of the auction.  Returns (bids, refreshed rows, finished within max_bids)."""
     n = A.shape[0]
     K = cand.shape[1]
@@ -86,7 +82,7 @@ def run_phases(A, J, delta, jrows, eps_list, p, row_col, col_row, cand, candv, b
                     v = candv[i, k] - p[cand[i, k]]
                     if v > ub:
                         ub = v
-                if A[i, j] + delta * J[i % jrows, j] - p[j] < ub - e:
+                if A[i, j] - p[j] < ub - e:
                     col_row[j] = -1
                     row_col[i] = -1
             if row_col[i] < 0:
@@ -109,7 +105,7 @@ def run_phases(A, J, delta, jrows, eps_list, p, row_col, col_row, cand, candv, b
                     w2 = v
             if w1 < beta[i]:
                 # stale list (prices rose): recompute the row's K+1 best columns
-                _refresh(A, J, delta, jrows, p, i, cand, candv, beta, topv, topi, buf)
+                _refresh(A, p, i, cand, candv, beta, topv, topi, buf)
                 refreshed += 1
                 w1 = topv[0]
                 w2 = topv[1]

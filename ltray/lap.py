@@ -211,24 +211,19 @@ class _Auction:
         self.refreshed += self.n
         return vals[:, 0]
 
-    def _jit_args(self):
-        if self._J_np is None:
-            return self._A_np, np.zeros((1, self.n)), 0.0, 1
-        return self._A_np, self._J_np, self.delta, self.jrows
-
     def init_candidates_jit(self, jit, p: torch.Tensor) -> torch.Tensor:
         K, n = self.K, self.n
         self.cand = torch.empty(n, K, dtype=torch.long)
         self.candv = torch.empty(n, K, dtype=torch.float64)
         self.beta = torch.empty(n, dtype=torch.float64)
         top1 = torch.empty(n, dtype=torch.float64)
-        jit.init_candidates(*self._jit_args(), p.numpy(), self.cand.numpy(), self.candv.numpy(),
+        jit.init_candidates(self._A_np, p.numpy(), self.cand.numpy(), self.candv.numpy(),
                             self.beta.numpy(), top1.numpy())
         self.refreshed += n
         return top1
 
     def run_phases_jit(self, jit, eps_list, p, row_col, col_row) -> None:
-        bids, refreshed, ok = jit.run_phases(*self._jit_args(), np.asarray(eps_list, dtype=np.float64),
+        bids, refreshed, ok = jit.run_phases(self._A_np, np.asarray(eps_list, dtype=np.float64),
                                              p.numpy(), row_col.numpy(), col_row.numpy(), self.cand.numpy(),
                                              self.candv.numpy(), self.beta.numpy(), self.max_bids - self.bids)
         self.bids += bids
