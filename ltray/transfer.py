@@ -223,7 +223,9 @@ def transfer(method: str, model: nn.Module, spec: PermutationSpec, source: Seque
                 return cache.evaluate(state, perm, float(source.lambdas[t]))
             return evaluate(model, ctx.prepared(state), data.val)
 
-    loss, acc = evaluated(theta2_0)
+    lambdas = getattr(source, "lambdas", np.linspace(0, 1, cfg.T + 1))
+    # theta2^0 is the cached pre-activations themselves (lambda_0 = 0): no forward pass
+    loss, acc = evaluated(theta2_0, identity_permutation(spec) if lambdas[0] == 0 else None, 0)
     losses, accs, seconds, perms = [loss], [acc], [extra_seconds], []
     best_acc, best_step, best, final = -1.0, 0, theta2_0, theta2_0
     steps = METHOD_FNS[method](ctx)
@@ -236,6 +238,5 @@ def transfer(method: str, model: nn.Module, spec: PermutationSpec, source: Seque
         if acc > best_acc:
             best_acc, best_step, best = acc, t, state
         final = state
-    lambdas = getattr(source, "lambdas", np.linspace(0, 1, cfg.T + 1))
     return TransferResult(method, lambdas, losses, accs, seconds, perms, ctx.prepared(final), ctx.prepared(best),
                           best_step, dict(ctx.profile))

@@ -136,6 +136,8 @@ def test_cached_first_layer_evaluation_matches_a_full_forward_pass(digits, sourc
     seq = source.linear(3, "cosine")
     result = transfer("fgmt", model, spec, seq, state_of(model), digits, TransferConfig(T=3), seed=2)
     theta2 = state_of(model)
+    loss0, acc0 = ltray.evaluate(model, theta2, digits.val)
+    assert result.val_acc[0] == pytest.approx(acc0) and result.val_loss[0] == pytest.approx(loss0, rel=1e-4)
     for t, perm in enumerate(result.perms, start=1):
         state = {k: theta2[k] + v for k, v in ltray.apply_permutation(
             spec, perm, {k: seq[t][k] - seq[0][k] for k in theta2}).items()}
