@@ -9,8 +9,10 @@ views of the torch tensors and are updated in place.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit
+import torch
+from numba import njit, prange
 
 
 @njit(cache=True, nogil=True)
@@ -48,16 +50,26 @@ def _refresh(A, p, i, cand, candv, beta, topv, topi, buf):
     beta[i] = topv[K]
 
 
-@njit(cache=True, nogil=True)
-def init_candidates(A, p, cand, candv, beta, top1):
-    """Candidate lists of every row at prices p; top1[i] = max_j a'_ij - p_j."""
+@njit(cache=True, nogil=True, parallel=True)
+def _init_candidates(A, p, cand, candv, beta, top1, parts):
     K = cand.shape[1]
-    topv = np.empty(K + 1)
-    topi = np.empty(K + 1, dtype=np.int64)
-    buf = np.empty(A.shape[1])
-    for i in range(A.shape[0]):
-        _refresh(A, p, i, cand, candv, beta, topv, topi, buf)
-        top1[i] = topv[0]
+    n = A.shape[0]
+    step = (n + parts - 1) // parts
+    for t in prange(parts):                     # rows are independent: one block of rows per thread
+        topv = np.empty(K + 1)
+        topi = np.empty(K + 1, dtype=np.int64)
+        buf = np.empty(A.shape[1])
+        for i in range(t * step, min(n, (t + 1) * step)):
+            _refresh(A, p, i, cand, candv, beta, topv, topi, buf)
+            top1[i] = topv[0]
+
+
+def init_candidates(A, p, cand, candv, beta, top1) -> None:
+    """Candidate lists of every row at prices p; top1[i] = max_j a_ij - p_j.  Uses as many threads as torch
+    may (a Ray task with one CPU gets one), the only parallel step of the auction: 2x on two cores."""
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    _init_candidates(A, p, cand, candv, beta, top1, threads)
 
 
 @njit(cache=True, nogil=True)

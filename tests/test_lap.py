@@ -251,3 +251,24 @@ def test_auto_uses_the_auction_from_its_cpu_size_and_keeps_its_state(monkeypatch
     assert again.info["warm"] and abs(_objective(b, again.perm) - _opt(b)) <= 1e-9 * _scale(b)
     small = _gen("rank5", 32, seed=5)
     assert solve_assignment(small, "auto").method == "scipy"
+
+
+def test_compiled_candidate_lists_do_not_depend_on_the_thread_count():
+    """The one parallel kernel (candidate lists of all rows) splits rows across torch's thread count."""
+    from ltray import _auction_jit
+
+    a = _gen("hetero", 301, seed=13).float().numpy()
+    p = np.random.default_rng(0).random(301)
+    saved, out = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            arrays = (np.empty((301, 8), np.int64), np.empty((301, 8)), np.empty(301), np.empty(301))
+            _auction_jit.init_candidates(a, p, *arrays)
+            out.append(arrays)
+    finally:
+        torch.set_num_threads(saved)
+    for arrays in out[1:]:
+        assert all(np.array_equal(x, y) for x, y in zip(out[0], arrays))
+    top = np.sort(a - p, axis=1)[:, ::-1]
+    assert np.allclose(out[0][3], top[:, 0]) and np.allclose(out[0][2], top[:, 8])   # max and beta = 9th best
