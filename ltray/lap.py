@@ -89,7 +89,7 @@ _CHUNK_ELEMS = 1 << 20                 # elements per row block in full-row pass
 _JITTER_ROWS = 512                     # distinct rows of the tie-breaking jitter pattern
 
 # tuning (see benchmarks/bench_lap.py)
-AUCTION_K = 32                         # candidate columns kept per row
+AUCTION_K = {"jit": 31, "torch": 32}   # candidate columns kept per row (jit: K + 1 <= its 32 scan lanes)
 AUCTION_THETA = 8.0                    # eps reduction factor between phases
 AUCTION_GS_BELOW = 48                  # switch from Jacobi rounds to sequential bids below this many bidders
 SPARSE_MAX_EDGES_PER_ROW = 32          # exact finish: sparse LAPJV up to this many edges per row, else dense
@@ -423,7 +423,7 @@ def _auction_solve(score: torch.Tensor, warm: Assignment | None, exact: bool,
     # jitter size: eps-CS at eps_final on A' gives objective >= optimum - n * (eps_final + delta)
     delta = 0.0 if jit is not None else eps_final    # sequential bidding needs no tie-breaking
     theta = AUCTION_THETA
-    au = _Auction(A, delta, AUCTION_K, max_bids=150 * n + 50_000 if max_bids is None else max_bids)
+    au = _Auction(A, delta, AUCTION_K[backend], max_bids=150 * n + 50_000 if max_bids is None else max_bids)
 
     row_col = torch.full((n,), -1, dtype=torch.long, device=dev)
     col_row = torch.full((n,), -1, dtype=torch.long, device=dev)

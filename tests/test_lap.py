@@ -272,3 +272,27 @@ def test_compiled_candidate_lists_do_not_depend_on_the_thread_count():
         assert all(np.array_equal(x, y) for x, y in zip(out[0], arrays))
     top = np.sort(a - p, axis=1)[:, ::-1]
     assert np.allclose(out[0][3], top[:, 0]) and np.allclose(out[0][2], top[:, 8])   # max and beta = 9th best
+
+
+@pytest.mark.parametrize("n", [3, 5, 63, 64, 100, 1000])
+@pytest.mark.parametrize("k1", [2, 3, 17, 32, 33, 40])
+@pytest.mark.parametrize("ties", [False, True])
+def test_compiled_row_scan_finds_the_k_largest(n, k1, ties):
+    """_row_top (lane maxima threshold, compaction, quickselect; a plain scan when k1 > 32 or n < 64) returns
+    the k1 largest a_ij - p_j: largest first, second largest next, k1-th largest last, distinct columns."""
+    from ltray import _auction_jit
+
+    if k1 > n:
+        pytest.skip("the solver never asks for more columns than a row has")
+    rng = np.random.default_rng(n * 100 + k1)
+    a = rng.integers(0, 3, (8, n)).astype(np.float32) if ties else rng.standard_normal((8, n)).astype(np.float32)
+    p = np.zeros(n) if ties else rng.random(n)
+    s = _auction_jit._scratch(n, k1)
+    for i in range(8):
+        _auction_jit._row_top(a, p, i, s)
+        topv, topi = s[0], s[1]
+        row = a[i].astype(np.float64) - p
+        best = np.sort(row)[::-1][:k1]
+        assert len(set(topi.tolist())) == k1 and np.array_equal(row[topi], topv)
+        assert np.array_equal(np.sort(topv)[::-1], best)
+        assert topv[0] == best[0] and topv[1] == best[1] and topv[k1 - 1] == best[k1 - 1]
