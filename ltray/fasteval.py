@@ -28,9 +28,9 @@ class FirstLayerCache:
         device = theta2_0["fc1.weight"].device
         self.y = split.y.to(device)
         x = split.x.flatten(1).to(device)
-        with torch.no_grad():
-            self.base = x @ theta2_0["fc1.weight"].T + theta2_0["fc1.bias"]
-            self.step = x @ delta["fc1.weight"].T.to(device) + delta["fc1.bias"].to(device)
+        with torch.no_grad():   # unit-major (units x samples): a step's permutation gathers contiguous rows
+            self.base_t = theta2_0["fc1.weight"] @ x.T + theta2_0["fc1.bias"][:, None]
+            self.step_t = delta["fc1.weight"].to(device) @ x.T + delta["fc1.bias"].to(device)[:, None]
         self.rest = list(model.named_children())[2:]  # relu1, fc2, (relu2, fc3, ...)
         self.chunk = chunk
 
@@ -40,12 +40,13 @@ class FirstLayerCache:
 
     def evaluate(self, state: State, perm: Permutation, lam: float) -> tuple[float, float]:
         """(mean loss, accuracy %) of `state`, whose first layer must be theta2^0 + pi (lam Delta)."""
-        p = perm[self.group].to(self.base.device)
+        p = perm[self.group].to(self.base_t.device)
         loss, correct = 0.0, 0
         with torch.no_grad():
             for i in range(0, len(self.y), self.chunk):
-                # a chunk small enough to stay in cache; index_select gathers columns ~3x faster than [:, p]
-                h = torch.add(self.base[i:i + self.chunk], self.step[i:i + self.chunk].index_select(1, p), alpha=lam)
+                # chunks of samples small enough to stay in cache (~4x faster than one gather over all of them)
+                cols = slice(i, i + self.chunk)
+                h = torch.add(self.base_t[:, cols], self.step_t[:, cols].index_select(0, p), alpha=lam).T
                 for name, module in self.rest:
                     sub = {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
                     h = functional_call(module, sub, (h,)) if sub else module(h)
