@@ -35,8 +35,8 @@ Solvers (``SOLVERS``):
     on the recorded score matrices of an MNIST FGMT transfer, ``benchmarks/bench_transfer.py`` end to end).
     On the CPU from n = ``AUTO_AUCTION_MIN_N["cpu"]`` it is ``"auction"`` (compiled backend), below that
     scipy.  On the ten recorded 4096 x 4096 matrices of an MNIST FGMT transfer the compiled auction takes
-    0.5-1.1 s cold and, warm-started along the chain, 3.2 s for all ten (torch backend 15.3 s, fastlap 20.7 s,
-    scipy 112 s), exact every time.  On CUDA ``"auto"`` does not pick the auction until a GPU benchmark
+    0.36-0.45 s cold and, warm-started along the chain, 2.0 s for all ten (torch backend 13.4 s, fastlap
+    20.7 s, scipy 105.7 s), exact every time.  On CUDA ``"auto"`` does not pick the auction until a GPU benchmark
     says it should.
 ``"fastlap"``
     fastlap's Rust auction (optional dependency, ``pip install 'ltray[fast]'``).  Not certified by ltray;

@@ -296,3 +296,15 @@ def test_compiled_row_scan_finds_the_k_largest(n, k1, ties):
         assert len(set(topi.tolist())) == k1 and np.array_equal(row[topi], topv)
         assert np.array_equal(np.sort(topv)[::-1], best)
         assert topv[0] == best[0] and topv[1] == best[1] and topv[k1 - 1] == best[k1 - 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["random", "rank50", "hetero", "int-ties"])
+@pytest.mark.parametrize("backend", ["jit", "torch"])
+def test_auction_is_exact_at_4096(kind, backend):
+    """The issue's largest size, against scipy (seconds per solve; run with -m slow)."""
+    a = _gen(kind, 4096, seed=21)
+    res = _solve(a, "auction", backend)
+    _check_perm(res, 4096, "cpu")
+    opt = _opt(a)
+    assert opt - _objective(a, res.perm) <= 1e-9 * max(abs(opt), _scale(a)), res.method
