@@ -274,16 +274,14 @@ def test_compiled_candidate_lists_do_not_depend_on_the_thread_count():
     assert np.allclose(out[0][3], top[:, 0]) and np.allclose(out[0][2], top[:, 8])   # max and beta = 9th best
 
 
-@pytest.mark.parametrize("n", [3, 5, 63, 64, 100, 1000])
-@pytest.mark.parametrize("k1", [2, 3, 17, 32, 33, 40])
+@pytest.mark.parametrize("n,k1", [(n, k1) for n in (3, 5, 63, 64, 100, 1000) for k1 in (2, 3, 17, 32, 33, 40)
+                                  if k1 <= n])          # the solver never asks for more columns than a row has
 @pytest.mark.parametrize("ties", [False, True])
 def test_compiled_row_scan_finds_the_k_largest(n, k1, ties):
     """_row_top (lane maxima threshold, compaction, quickselect; a plain scan when k1 > 32 or n < 64) returns
     the k1 largest a_ij - p_j: largest first, second largest next, k1-th largest last, distinct columns."""
     from ltray import _auction_jit
 
-    if k1 > n:
-        pytest.skip("the solver never asks for more columns than a row has")
     rng = np.random.default_rng(n * 100 + k1)
     a = rng.integers(0, 3, (8, n)).astype(np.float32) if ties else rng.standard_normal((8, n)).astype(np.float32)
     p = np.zeros(n) if ties else rng.random(n)
