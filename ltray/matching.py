@@ -46,7 +46,8 @@ class Matcher:
     def __init__(self, spec: PermutationSpec, solver: str = "auto", dtype: torch.dtype = torch.float32,
                  warm: dict[str, Assignment] | None = None):
         """`dtype` of the accumulated scores: float32 like the gradients they are products of (one rounding per
-        pair added; float64 doubles the memory traffic of every product and solve for no change in the match).
+        pair added); float64 doubles the memory traffic of every product and solve, and FGMT's transferred
+        accuracy on MNIST is the same within seed noise either way (README, Performance).
         `warm`: a dict of each group's last `Assignment`, updated in place by `solve`; share one between
         matchers whose problems follow each other (GMT's per-step matchers) so solvers can warm-start."""
         self.spec, self.solver, self.dtype = spec, solver, dtype
@@ -75,10 +76,9 @@ class Matcher:
         for g, pairs in factors.items():
             L = torch.cat([l for l, _ in pairs], dim=1).to(self.dtype)
             R = torch.cat([r for _, r in pairs], dim=1).to(self.dtype)
-            if g in self.static:
-                self.static[g].addmm_(L, R.T, alpha=weight)
-            else:
-                self.static[g] = torch.mm(L, R.T).mul_(weight) if weight != 1.0 else torch.mm(L, R.T)
+            if g not in self.static:
+                self.static[g] = L.new_zeros(L.shape[0], R.shape[0])
+            self.static[g].addmm_(L, R.T, alpha=weight)
         self.num_pairs += 1
 
     def score_matrix(self, group: str, perm: Permutation) -> torch.Tensor:
