@@ -22,13 +22,13 @@ from ltray.trajectory import load_trajectory, save_trajectory
 from ltray.transfer import TransferConfig
 
 
-def cached_source(data, data_cfg, model_cfg, train_cfg, seed: int, cache: str | None):
+def cached_source(data, data_cfg, model_cfg, train_cfg, seed: int, cache: str | None, device: str = "cpu"):
     """Source `seed`'s trajectory from `cache` (trained and stored there on first use); no cache: trained."""
     path = None if cache is None else Path(cache) / (
         f"{data_cfg.name}_w{model_cfg.width}_e{train_cfg.epochs}_lr{train_cfg.lr:g}_s{seed}.safetensors")
     if path is not None and path.exists():
         return load_trajectory(path)
-    source = train_source(data, data_cfg, model_cfg, train_cfg, seed)
+    source = train_source(data, data_cfg, model_cfg, train_cfg, seed, device=device)
     if path is not None:
         save_trajectory(source, path)
     return source
@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--retime-source", action="store_true",
                    help="train source 0 once more, unsaved, and take fractions against that wall time (cached "
                         "sources carry the time of the machine that trained them, possibly a loaded one)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where the source trains and the transfer runs")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     data_cfg = DataConfig("digits") if args.smoke else DataConfig("mnist", str(Path(args.data_root).resolve()))
@@ -60,21 +61,22 @@ def main() -> None:
     retimed = None
     if args.retime_source:
         t0 = time.perf_counter()
-        train_source(data, data_cfg, model_cfg, train_cfg, 0)
+        train_source(data, data_cfg, model_cfg, train_cfg, 0, device=args.device)
         retimed = time.perf_counter() - t0
         print(f"source training on this machine now: {retimed:.1f} s", flush=True)
     rows = []
     for k in range(args.seeds):
-        source = cached_source(data, data_cfg, model_cfg, train_cfg, k, None if args.smoke else args.cache)
+        source = cached_source(data, data_cfg, model_cfg, train_cfg, k, None if args.smoke else args.cache,
+                               args.device)
         for solver in args.solvers:
             cfg = TransferConfig(T=args.T, solver=solver)
             t0 = time.perf_counter()
             out = transfer_pair(data, model_cfg, train_cfg, cfg, (args.method,), source, 1000 + k,
-                                seed=derive_seed("transfer", k, 1000 + k))
+                                device=args.device, seed=derive_seed("transfer", k, 1000 + k))
             res = out.results[args.method]
             wall = time.perf_counter() - t0
             train_s = retimed or out.source_train_seconds
-            row = dict(seed=k, solver=solver, method=args.method, T=args.T, width=args.width,
+            row = dict(seed=k, solver=solver, method=args.method, T=args.T, width=args.width, device=args.device,
                        transfer_seconds=res.seconds[-1], wall_seconds=wall, source_train_seconds=train_s,
                        fraction=res.seconds[-1] / train_s,
                        acc_t1=res.val_acc[1], acc_final=res.val_acc[-1], acc_best=max(res.val_acc[1:]),
