@@ -11,14 +11,14 @@ as the matcher runs them.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from bench_transfer import cached_source  # noqa: E402  (benchmarks/ is this script's sys.path[0])
+from bench_lap import timed  # noqa: E402  (benchmarks/ is this script's sys.path[0])
+from bench_transfer import cached_source  # noqa: E402
 from ltray import lap
 from ltray.pipeline import DataConfig, ModelConfig, transfer_pair
 from ltray.results import derive_seed
@@ -47,16 +47,6 @@ def record(args) -> list[Path]:
     return paths
 
 
-def timed(solver, a, warm=None):
-    """"auction-torch" is the auction's torch backend (the CPU default is the compiled one)."""
-    t0 = time.perf_counter()
-    if solver == "auction-torch":
-        res = lap._auction(a, warm, backend="torch")
-    else:
-        res = lap.solve_assignment(a, solver, warm)
-    return res, time.perf_counter() - t0
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default="../shared/datasets")
@@ -78,13 +68,13 @@ def main() -> None:
         n = a.shape[0]
         opt = None
         for solver in solvers:
-            res, sec = timed(solver, a)
+            res, sec = timed(a, solver)
             value = float(a[torch.arange(n), res.perm].double().sum())
             opt = value if solver == "scipy" else opt
             rows.append(dict(step=step, n=n, solver=solver, mode="cold", seconds=sec, method=res.method,
                              rel_gap=(opt - value) / abs(opt)))
         for solver in chained:
-            warm[solver], sec = timed(solver, a, warm[solver])
+            warm[solver], sec = timed(a, solver, warm[solver])
             value = float(a[torch.arange(n), warm[solver].perm].double().sum())
             rows.append(dict(step=step, n=n, solver=solver, mode="warm chain", seconds=sec,
                              method=warm[solver].method, rel_gap=(opt - value) / abs(opt)))

@@ -159,7 +159,6 @@ def main(body: Callable[[argparse.Namespace], None], description: str, name: str
     return 0
 
 
-
 # ---- summaries for docs/analyses.md --------------------------------------------------------------------
 
 def _pm(values, digits: int = 2) -> str:
