@@ -9,7 +9,8 @@ Pairs arrive incrementally (`add_pair`). A tensor with one permuted axis contrib
 group's score matrix, so those terms are summed once into `static` (for a one-hidden-layer MLP that is the
 whole problem, solved exactly by a single assignment). A tensor with two permuted axes (a hidden-to-hidden
 weight) contributes a term that depends on the neighbouring group's current permutation; those tensors are
-kept and recombined at each coordinate step.
+kept and recombined at each coordinate step. A piece of a segmented axis (a flattened or concatenated feature
+axis, see ltray.symmetry) counts like an axis: its n blocks of `block` entries are its group's n rows.
 """
 from __future__ import annotations
 
@@ -17,21 +18,26 @@ import torch
 
 from .lap import Assignment, solve_assignment
 from .train import LinearFactors
-from .symmetry import Permutation, PermutationSpec, identity_permutation, permute_axes_except
+from .symmetry import Permutation, PermutationSpec, Piece, identity_permutation, permute_axes_except, pieces
 
 Pair = dict[str, torch.Tensor]
 
 
-def _rows(x: torch.Tensor, axis: int) -> torch.Tensor:
-    """Bring `axis` to the front and flatten the rest: (n, -1)."""
-    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+def _rows(x: torch.Tensor, piece: Piece) -> torch.Tensor:
+    """The piece's entries of its axis brought to the front, one row per block, the rest flattened: (n, -1)."""
+    axis, _, start, n, block = piece
+    if start or n * block != x.shape[axis]:
+        x = x.narrow(axis, start, n * block)
+    return x.movedim(axis, 0).reshape(n, -1)
 
 
-def _score_factors(t, s, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, R), float32, with <t_i, s_j> over `axis` = (L @ R.T)[i, j].  Factored Linear gradients go through
-    a B x B kernel when their batch is smaller than the layer's other dimension:
+def _score_factors(t, s, piece: Piece) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R), float32, with <t_i, s_j> over the piece's rows = (L @ R.T)[i, j].  Factored Linear gradients
+    go through a B x B kernel when their batch is smaller than the layer's other dimension:
     rows (axis 0): L = d_t.T (x_t x_s.T), R = d_s.T;  columns (axis 1): L = x_t.T (d_t d_s.T), R = x_s.T."""
-    if isinstance(t, LinearFactors) and isinstance(s, LinearFactors):
+    axis, _, start, n, block = piece
+    if (isinstance(t, LinearFactors) and isinstance(s, LinearFactors) and (start, block) == (0, 1)
+            and n == (t.d if axis == 0 else t.x).shape[1]):   # the piece is a whole axis of the weight
         other = t.x.shape[1] if axis == 0 else t.d.shape[1]
         if s.x.shape[0] < other:
             if axis == 0:
@@ -39,7 +45,7 @@ def _score_factors(t, s, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
             return (t.x.T @ (t.d @ s.d.T)).float(), s.x.T.float()
     t = t.dense() if isinstance(t, LinearFactors) else t
     s = s.dense() if isinstance(s, LinearFactors) else s
-    return _rows(t, axis).float(), _rows(s, axis).float()
+    return _rows(t, piece).float(), _rows(s, piece).float()
 
 
 class Matcher:
@@ -64,12 +70,11 @@ class Matcher:
         for key, axes in self.spec.axes.items():
             if key not in target or key not in source:
                 continue
-            groups = [(a, g) for a, g in enumerate(axes) if g is not None]
+            found = pieces(axes, self.spec.sizes)
             t, s = target[key], source[key]
-            if len(groups) == 1:
-                (axis, g), = groups
-                factors.setdefault(g, []).append(_score_factors(t, s, axis))
-            elif len(groups) > 1:
+            if len(found) == 1:
+                factors.setdefault(found[0][1], []).append(_score_factors(t, s, found[0]))
+            elif len(found) > 1:
                 t = t.dense() if isinstance(t, LinearFactors) else t
                 s = s.dense() if isinstance(s, LinearFactors) else s
                 self.coupled.append((key, t.detach() * weight, s.detach()))
@@ -87,16 +92,19 @@ class Matcher:
         n = self.spec.sizes[group]
         device = self.static[group].device if group in self.static else (
             self.coupled[0][1].device if self.coupled else torch.device("cpu"))
-        coupled = [(key, t, s) for key, t, s in self.coupled if group in self.spec.axes[key]]
+        coupled = [(key, t, s) for key, t, s in self.coupled if group in self._groups_of(key)]
         if group in self.static and not coupled:
             return self.static[group]   # not copied: solvers only read it
         A = self.static[group].clone() if group in self.static else torch.zeros(n, n, dtype=self.dtype, device=device)
         for key, t, s in coupled:
-            for axis, g in enumerate(self.spec.axes[key]):
-                if g == group:
-                    s_perm = permute_axes_except(self.spec, perm, key, s, axis)
-                    A += (_rows(t, axis).float() @ _rows(s_perm, axis).float().T).to(self.dtype)
+            for piece in pieces(self.spec.axes[key], self.spec.sizes):
+                if piece[1] == group:
+                    s_perm = permute_axes_except(self.spec, perm, key, s, piece[0])
+                    A += (_rows(t, piece).float() @ _rows(s_perm, piece).float().T).to(self.dtype)
         return A
+
+    def _groups_of(self, key: str) -> set[str]:
+        return {piece[1] for piece in pieces(self.spec.axes[key], self.spec.sizes)}
 
     def objective(self, perm: Permutation) -> float:
         """sum_k <pi source_k, target_k>, up to a constant from tensors no group acts on."""

@@ -7,6 +7,12 @@ group acting on that axis, or None. Axes follow PyTorch order (Linear.weight is 
     permuted[..., i, ...] = original[..., perm[i], ...]      (on every axis the group acts on)
 
 so `apply_permutation(spec, perm, theta)` is the paper's pi theta and leaves f(x; theta) unchanged.
+
+An axis may also be *segmented*: a tuple of pieces laid end to end. A piece (group, block) covers
+size(group) * block entries and moves them in blocks of `block` consecutive entries; a piece (None, n) covers n
+entries no group moves. Flattening C permuted channels of H x W maps into C*H*W features gives
+(("P_conv", H*W),); concatenating two feature maps along channels gives (("P_a", 1), ("P_b", 1)), and
+concatenating the raw 3-channel input in front of them ((None, 3), ("P_a", 1)).
 """
 from __future__ import annotations
 
@@ -18,8 +24,10 @@ from torch import nn
 
 from .errors import LtrayError
 
-Axes = tuple[str | None, ...]
+Segment = tuple[str | None, int]        # (group, block) or (None, number of fixed entries)
+Axes = tuple[str | None | tuple[Segment, ...], ...]
 Permutation = dict[str, torch.Tensor]
+Piece = tuple[int, str, int, int, int]  # (axis, group, start, n, block): entries start .. start + n*block
 
 
 @dataclass(frozen=True)
@@ -32,30 +40,56 @@ class PermutationSpec:
     def __post_init__(self):
         groups: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for key, axes in self.axes.items():
-            for axis, g in enumerate(axes):
-                if g is not None:
-                    groups[g].append((key, axis))
+            for axis, entry in enumerate(axes):
+                names = [entry] if isinstance(entry, str) else [g for g, _ in entry or () if g is not None]
+                for g in names:
+                    if (key, axis) not in groups[g]:   # a group twice on one segmented axis is one member
+                        groups[g].append((key, axis))
         object.__setattr__(self, "groups", dict(groups))
 
     def with_sizes(self, state: dict[str, torch.Tensor]) -> "PermutationSpec":
         """This spec with group sizes read off `state`, after checking that it covers `state` exactly."""
-        check_spec(self, state)
-        return PermutationSpec(self.axes, {g: state[k].shape[a] for g, ((k, a), *_) in self.groups.items()})
+        return PermutationSpec(self.axes, check_spec(self, state))
 
 
-def check_spec(spec: PermutationSpec, state: dict[str, torch.Tensor]) -> None:
-    """Raise a one-line LtrayError unless `spec` covers every tensor of `state` with consistent sizes."""
+def check_spec(spec: PermutationSpec, state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Raise a one-line LtrayError unless `spec` covers every tensor of `state` with consistent sizes; return
+    the group sizes. A group's size is read off the whole axes it acts on, else off a segmented axis where it
+    is the only group."""
     missing = [k for k in state if k not in spec.axes]
     if missing:
         raise LtrayError(f"permutation spec does not cover tensor(s) {', '.join(missing[:3])}"
                          + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
-    for g, members in spec.groups.items():
-        sizes = {state[k].shape[a] for k, a in members if k in state}
-        if len(sizes) > 1:
-            raise LtrayError(f"permutation group {g!r} acts on axes of different sizes {sorted(sizes)}")
     for k, v in state.items():
         if v.ndim != len(spec.axes[k]):
             raise LtrayError(f"tensor {k!r} has {v.ndim} axes but its spec lists {len(spec.axes[k])}")
+    sizes: dict[str, int] = {}
+    for g, members in spec.groups.items():
+        whole = {state[k].shape[a] for k, a in members if k in state and isinstance(spec.axes[k][a], str)}
+        if not whole:   # a group seen only inside segmented axes
+            whole = {n for k, a in members if k in state
+                     for n in [_lone_piece_size(spec.axes[k][a], state[k].shape[a])] if n is not None}
+        if len(whole) > 1:
+            raise LtrayError(f"permutation group {g!r} acts on axes of different sizes {sorted(whole)}")
+        if not whole and any(k in state for k, _ in members):
+            raise LtrayError(f"permutation group {g!r}: no tensor of the state gives its size")
+        if whole:
+            sizes[g] = whole.pop()
+    for k, v in state.items():
+        for axis, entry in enumerate(spec.axes[k]):
+            if isinstance(entry, tuple):
+                covered = sum(n if g is None else sizes[g] * n for g, n in entry)
+                if covered != v.shape[axis]:
+                    raise LtrayError(f"axis {axis} of {k!r} has {v.shape[axis]} entries but its segments "
+                                     f"cover {covered}")
+    return sizes
+
+
+def _lone_piece_size(entry: tuple[Segment, ...], length: int) -> int | None:
+    """The group size of a segmented axis of `length` entries with a single group piece (else None)."""
+    pieces = [block for g, block in entry if g is not None]
+    fixed = sum(n for g, n in entry if g is None)
+    return (length - fixed) // pieces[0] if len(pieces) == 1 else None
 
 
 # ---- specs, built from small helpers so they read like the architecture --------------------------------
@@ -130,29 +164,61 @@ def spec_for(model: nn.Module) -> PermutationSpec:
 
 # ---- the group action ----------------------------------------------------------------------------------
 
+def pieces(axes: Axes, sizes: dict[str, int]) -> list[Piece]:
+    """Where groups act on one tensor whose spec is `axes`: (axis, group, start, n, block) per piece, meaning
+    entries start .. start + n*block of `axis` move in n blocks of `block`. A whole axis is (axis, g, 0, n, 1)."""
+    out = []
+    for axis, entry in enumerate(axes):
+        if isinstance(entry, str):
+            out.append((axis, entry, 0, sizes[entry], 1))
+        elif entry is not None:
+            start = 0
+            for g, n in entry:
+                if g is not None:
+                    out.append((axis, g, start, sizes[g], n))
+                start += n if g is None else sizes[g] * n
+    return out
+
+
+def _axis_index(entry, perm: Permutation, key: str, axis: int, length: int) -> torch.Tensor:
+    """The index that permutes one axis: permuted[..., i, ...] = original[..., index[i], ...]."""
+    if isinstance(entry, str):
+        index = perm[entry]
+    else:
+        parts, start = [], 0
+        for g, n in entry:
+            if g is None:
+                parts.append(torch.arange(start, start + n))
+                start += n
+            else:   # block i of the piece is filled by block perm[i]
+                p = perm[g].cpu()
+                parts.append((start + p[:, None] * n + torch.arange(n)).flatten())
+                start += p.numel() * n
+        index = torch.cat(parts)
+    if index.numel() != length:
+        raise LtrayError(f"permutation {entry!r} has size {index.numel()} but axis {axis} of {key!r} has size "
+                         f"{length}")
+    return index
+
+
+def permute_axes_except(spec: PermutationSpec, perm: Permutation, key: str, value: torch.Tensor,
+                        skip_axis: int) -> torch.Tensor:
+    """Permute every permuted axis of one tensor but `skip_axis` (the matcher's building block)."""
+    for axis, entry in enumerate(spec.axes[key]):
+        if entry is not None and axis != skip_axis:
+            index = _axis_index(entry, perm, key, axis, value.shape[axis])
+            value = torch.index_select(value, axis, index.to(value.device))
+    return value
+
+
 def apply_permutation(spec: PermutationSpec, perm: Permutation, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """pi theta: a new dict; keys absent from the spec are an error, keys absent from `state` are skipped."""
     out = {}
     for key, value in state.items():
         if key not in spec.axes:
             raise LtrayError(f"permutation spec does not cover tensor {key!r}")
-        for axis, g in enumerate(spec.axes[key]):
-            if g is not None:
-                if perm[g].numel() != value.shape[axis]:
-                    raise LtrayError(f"permutation {g!r} has size {perm[g].numel()} but axis {axis} of "
-                                     f"{key!r} has size {value.shape[axis]}")
-                value = torch.index_select(value, axis, perm[g].to(value.device))
-        out[key] = value
+        out[key] = permute_axes_except(spec, perm, key, value, skip_axis=-1)
     return out
-
-
-def permute_axes_except(spec: PermutationSpec, perm: Permutation, key: str, value: torch.Tensor,
-                        skip_axis: int) -> torch.Tensor:
-    """Permute every permuted axis of one tensor but `skip_axis` (the matcher's building block)."""
-    for axis, g in enumerate(spec.axes[key]):
-        if g is not None and axis != skip_axis:
-            value = torch.index_select(value, axis, perm[g].to(value.device))
-    return value
 
 
 def _sizes(spec: PermutationSpec) -> dict[str, int]:

@@ -98,3 +98,24 @@ def test_build_model_is_seeded_and_validates():
     assert not torch.equal(a["fc1.weight"], c["fc1.weight"])
     with pytest.raises(LtrayError, match="unknown model"):
         ltray.build_model("vgg")
+
+
+def test_segmented_axes_move_blocks_and_pieces():
+    """An axis laid out as 2 fixed entries, 4 blocks of 3 moved by A, then 5 entries moved by B (a flatten
+    and a concatenation): the same as permuting the reshaped pieces."""
+    axes = {"w": (None, ((None, 2), ("A", 3), ("B", 1))), "a": ("A",), "b": ("B",)}
+    state = {"w": torch.randn(6, 19), "a": torch.randn(4), "b": torch.randn(5)}
+    spec = PermutationSpec(axes).with_sizes(state)
+    assert spec.sizes == {"A": 4, "B": 5} and set(spec.groups["A"]) == {("w", 1), ("a", 0)}
+    perm = ltray.random_permutation(spec, seed=0)
+    w = state["w"]
+    expected = torch.cat([w[:, :2], w[:, 2:14].reshape(6, 4, 3)[:, perm["A"]].reshape(6, 12),
+                          w[:, 14:][:, perm["B"]]], dim=1)
+    moved = ltray.apply_permutation(spec, perm, state)
+    assert torch.equal(moved["w"], expected)
+    back = ltray.apply_permutation(spec, ltray.invert_permutation(perm), moved)
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    with pytest.raises(LtrayError, match="has 20 entries but its segments cover 19"):
+        check_spec(spec, dict(state, w=torch.randn(6, 20)))
+    lone = PermutationSpec({"v": (((None, 1), ("C", 2)),)}).with_sizes({"v": torch.randn(9)})
+    assert lone.sizes == {"C": 4}
