@@ -147,18 +147,25 @@ def resnet18_spec() -> PermutationSpec:
     return PermutationSpec(axes | _linear("fc", None, "P_res4"))
 
 
-def spec_for(model: nn.Module) -> PermutationSpec:
-    """The spec of an ltray model (see ltray.models.build_model), checked against its state_dict."""
+def spec_for(model: nn.Module, example_input: torch.Tensor | tuple | None = None) -> PermutationSpec:
+    """The permutation spec of `model`, checked against its state_dict. ltray's own models (build_model) use
+    the hand-written specs above; any other module gets one derived from a recorded forward pass on
+    `example_input` (default: a random input of the model's shape) and verified for invariance
+    (ltray.autospec)."""
     from .models import MLP, Conv8
 
     if isinstance(model, MLP):
         spec = mlp_spec(model.depth)
     elif isinstance(model, Conv8):
         spec = conv8_spec()
-    elif type(model).__name__ == "ResNet" and len(getattr(model, "layer1", [])) == 2:
+    elif type(model).__name__ == "ResNet" and set(resnet18_spec().axes) == set(model.state_dict()):
         spec = resnet18_spec()
     else:
-        raise LtrayError(f"no permutation spec for model type {type(model).__name__}")
+        from .autospec import derive_spec, verify_spec
+
+        spec = derive_spec(model, example_input)
+        verify_spec(model, spec, example_input)
+        return spec
     return spec.with_sizes(model.state_dict())
 
 
