@@ -94,6 +94,58 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_si
     return model
 
 
+def resolve_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+                  width: int | None = None, seed: int = 0, depth: int = 1) -> nn.Module:
+    """A freshly initialised model by name, seeded like build_model: one of MODELS, `torchvision:NAME` (any
+    torchvision classifier, random weights), or `package.module:factory`, a callable returning an nn.Module and
+    given whichever of num_classes, in_channels and image_size it names (num_classes only when it takes
+    **kwargs, as torchvision's builders do). Models other than ltray's get their permutation spec from
+    ltray.autospec (spec_for). `width` and `depth` apply to ltray's models only."""
+    if ":" not in name:
+        if name not in MODELS:
+            raise LtrayError(f"unknown model {name!r}; known: {', '.join(MODELS)}, torchvision:NAME, "
+                             "package.module:factory")
+        return build_model(name, num_classes, in_channels, image_size, width, seed, depth)
+    source, _, factory_name = name.partition(":")
+    if width is not None:
+        raise LtrayError(f"--width applies to ltray's own models ({', '.join(MODELS)}), not to {name!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if source == "torchvision":
+            import torchvision
+
+            if factory_name not in torchvision.models.list_models():
+                raise LtrayError(f"unknown torchvision model {factory_name!r} (see torchvision.models.list_models())")
+            if in_channels != 3:
+                raise LtrayError(f"torchvision models read 3-channel images; {name!r} cannot take {in_channels}")
+            model = torchvision.models.get_model(factory_name, weights=None, num_classes=num_classes)
+        else:
+            model = _call_factory(source, factory_name, dict(num_classes=num_classes, in_channels=in_channels,
+                                                             image_size=image_size))
+    if not isinstance(model, nn.Module):
+        raise LtrayError(f"{name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _call_factory(module_name: str, factory_name: str, available: dict) -> object:
+    import importlib
+    import inspect
+
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except ImportError as e:
+        raise LtrayError(f"cannot import {module_name!r}: {e}") from None
+    except AttributeError:
+        raise LtrayError(f"module {module_name!r} has no {factory_name!r}") from None
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):   # a builtin without a signature: call it bare
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    names = ("num_classes",) if takes_any else tuple(k for k in available if k in params)
+    return factory(**{k: available[k] for k in names})
+
+
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of the model's state_dict (parameters and buffers)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
