@@ -137,10 +137,17 @@ def _init_candidates(A, p, cand, candv, beta, top1, parts):
 
 def init_candidates(A, p, cand, candv, beta, top1) -> None:
     """Candidate lists of every row at prices p; top1[i] = max_j a_ij - p_j.  Uses as many threads as torch
-    may (a Ray task with one CPU gets one), the only parallel step of the auction: 2x on two cores."""
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    may (a Ray task with one CPU gets one), the only parallel step of the auction: 2x on two cores.
+
+    numba's OpenMP threading layer sets OpenMP's thread count to NUMBA_NUM_THREADS (all cores) when it first
+    starts, and torch shares that setting: torch's count is put back afterwards, or a one-CPU Ray task would go
+    on with every core's worth of threads (two such tasks fine-tuning at once then ran 4x slower)."""
+    torch_threads = torch.get_num_threads()
+    threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
     _init_candidates(A, p, cand, candv, beta, top1, threads)
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
 
 
 @njit(cache=True, nogil=True)

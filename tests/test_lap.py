@@ -274,6 +274,18 @@ def test_compiled_candidate_lists_do_not_depend_on_the_thread_count():
     assert np.allclose(out[0][3], top[:, 0]) and np.allclose(out[0][2], top[:, 8])   # max and beta = 9th best
 
 
+def test_the_compiled_auction_leaves_torch_thread_count_alone():
+    """numba's OpenMP layer resets OpenMP's thread count when it starts; a one-thread Ray task must stay at one."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1); from ltray.lap import solve_assignment; "
+            "solve_assignment(torch.rand(300, 300), 'auction'); print(torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1"
+
+
 @pytest.mark.parametrize("n,k1", [(n, k1) for n in (3, 5, 63, 64, 100, 1000) for k1 in (2, 3, 17, 32, 33, 40)
                                   if k1 <= n])          # the solver never asks for more columns than a row has
 @pytest.mark.parametrize("ties", [False, True])
