@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,11 @@ from .trajectory import Layout, State, Trajectory
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Source training (paper B.3.2): SGD with momentum; optional cosine annealing and linear warm-up."""
+    """Source training (paper B.3.2): SGD with momentum; optional cosine annealing and linear warm-up.
+
+    cycles > 1 is a snapshot-ensemble run (Huang et al. 2017): the learning rate is cosine-annealed from lr
+    to 0 over each of `cycles` equal spans of epochs, restarting at lr; the checkpoints at the end of the spans
+    are the snapshots."""
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.01
@@ -31,12 +36,39 @@ class TrainConfig:
     weight_decay: float = 0.0
     cosine: bool = False
     warmup_epochs: int = 0
+    cycles: int = 1
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise LtrayError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not self.lr > 0:
             raise LtrayError(f"learning rate must be > 0, got {self.lr}")
+        if self.cycles < 1 or self.epochs % self.cycles:
+            raise LtrayError(f"a cyclic schedule needs epochs divisible by cycles >= 1, got {self.epochs} epochs "
+                             f"and {self.cycles} cycles")
+        if self.cycles > 1 and self.warmup_epochs:
+            raise LtrayError("a cyclic (snapshot) schedule has no warm-up; set warmup_epochs to 0")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Subsequent training from a transferred start (paper Sec. 4.2: Adam at lr 1e-4 for 10 epochs).
+    optimizer "sgd" uses momentum 0.9; the learning rate is constant, so the state after e epochs does not
+    depend on how many epochs follow."""
+    epochs: int = 10
+    lr: float = 1e-4
+    batch_size: int = 128
+    optimizer: str = "adam"
+
+    def __post_init__(self):
+        if self.epochs < 0 or not self.lr > 0 or self.batch_size < 1:
+            raise LtrayError(f"fine-tuning needs epochs >= 0, lr > 0 and batch size >= 1, got {self.epochs}, "
+                             f"{self.lr} and {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise LtrayError(f"unknown fine-tuning optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+OPTIMIZERS = ("adam", "sgd")
 
 
 def param_names(model: nn.Module) -> list[str]:
@@ -155,6 +187,9 @@ def _lr_at(cfg: TrainConfig, epoch_float: float) -> float:
     """Linear warm-up over warmup_epochs, then cosine annealing (if enabled) over the remaining epochs."""
     if epoch_float < cfg.warmup_epochs:
         return cfg.lr * (epoch_float + 1e-8) / cfg.warmup_epochs
+    if cfg.cycles > 1:
+        span = cfg.epochs / cfg.cycles
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch_float % span) / span))
     if not cfg.cosine:
         return cfg.lr
     span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
@@ -164,7 +199,8 @@ def _lr_at(cfg: TrainConfig, epoch_float: float) -> float:
 def train(model: nn.Module, state: State, train_split: Split, cfg: TrainConfig, seed: int,
           progress: bool = True, desc: str = "train") -> Trajectory:
     """SGD from `state` for cfg.epochs epochs; returns the trajectory with one checkpoint per epoch.
-    `seed` fixes the data order; meta holds train_seconds (wall time of the training loop)."""
+    `seed` fixes the data order; meta holds train_seconds (wall time of the training loop) and epoch_seconds
+    (the wall time up to the end of each epoch)."""
     layout = Layout.of(state)
     device = next(iter(state.values())).device
     net = _module_with(model, state)
@@ -172,6 +208,7 @@ def train(model: nn.Module, state: State, train_split: Split, cfg: TrainConfig, 
     gen = torch.Generator().manual_seed(seed)
     steps = math.ceil(len(train_split) / cfg.batch_size)
     checkpoints = [layout.flatten(net.state_dict())]
+    epoch_seconds = []
     t0 = time.perf_counter()
     net.train()
     for epoch in tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False):
@@ -183,38 +220,51 @@ def train(model: nn.Module, state: State, train_split: Split, cfg: TrainConfig, 
             loss.backward()
             opt.step()
         checkpoints.append(layout.flatten(net.state_dict()))
-    seconds = time.perf_counter() - t0
+        epoch_seconds.append(time.perf_counter() - t0)
     if not np.isfinite(checkpoints[-1]).all():
         raise LtrayError(f"training diverged (NaN/Inf parameters) at lr={cfg.lr}; lower the learning rate")
-    return Trajectory(layout, np.stack(checkpoints), {"train_seconds": seconds, "seed": seed})
+    return Trajectory(layout, np.stack(checkpoints), {"train_seconds": epoch_seconds[-1], "seed": seed,
+                                                      "epoch_seconds": epoch_seconds})
 
 
-def finetune(model: nn.Module, state: State, train_split: Split, val_split: Split, epochs: int = 10,
-             lr: float = 1e-4, batch_size: int = 128, seed: int = 0, progress: bool = False,
-             bn_samples: int = 0) -> tuple[State, list[dict]]:
-    """Subsequent training (paper Sec. 4.2): Adam at a fixed lr for `epochs` epochs from `state`.
-    Returns the final state and per-epoch rows {epoch, val_loss, val_acc, seconds} (epoch 0 = the start)."""
+def finetune_epochs(model: nn.Module, state: State, train_split: Split, cfg: FinetuneConfig, seed: int = 0,
+                    progress: bool = False, bn_samples: int = 0) -> Iterator[tuple[int, State, float]]:
+    """Subsequent training from `state` with cfg's optimizer at a constant lr; yields (epoch, state, seconds)
+    after each of cfg.epochs epochs, seconds being the training time so far (what the caller does between
+    epochs, such as evaluating, is not counted). `seed` fixes the data order."""
     if bn_samples:
         state = reset_bn_stats(model, state, train_split, bn_samples, torch.Generator().manual_seed(seed))
     device = next(iter(state.values())).device
     net = _module_with(model, state)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr) if cfg.optimizer == "adam" else \
+        torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
-    history = []
-    loss, acc = evaluate(model, state, val_split)
-    history.append({"epoch": 0, "val_loss": loss, "val_acc": acc, "seconds": 0.0})
-    t0 = time.perf_counter()
-    for epoch in tqdm(range(1, epochs + 1), desc="finetune", disable=not progress, leave=False):
+    seconds = 0.0
+    for epoch in tqdm(range(1, cfg.epochs + 1), desc="finetune", disable=not progress, leave=False):
+        t0 = time.perf_counter()
         net.train()
-        for x, y in batches(train_split, batch_size, gen):
+        for x, y in batches(train_split, cfg.batch_size, gen):
             loss = F.cross_entropy(net(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        current = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        loss, acc = evaluate(model, current, val_split)
-        history.append({"epoch": epoch, "val_loss": loss, "val_acc": acc, "seconds": time.perf_counter() - t0})
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}, history
+        seconds += time.perf_counter() - t0
+        yield epoch, {k: v.detach().clone() for k, v in net.state_dict().items()}, seconds
+
+
+def finetune(model: nn.Module, state: State, train_split: Split, val_split: Split, epochs: int = 10,
+             lr: float = 1e-4, batch_size: int = 128, seed: int = 0, progress: bool = False,
+             bn_samples: int = 0, optimizer: str = "adam") -> tuple[State, list[dict]]:
+    """Subsequent training (paper Sec. 4.2): Adam (or SGD) at a fixed lr for `epochs` epochs from `state`.
+    Returns the final state and per-epoch rows {epoch, val_loss, val_acc, seconds} (epoch 0 = the start;
+    seconds of training, without the evaluations)."""
+    cfg = FinetuneConfig(epochs, lr, batch_size, optimizer)
+    loss, acc = evaluate(model, state, val_split)
+    history = [{"epoch": 0, "val_loss": loss, "val_acc": acc, "seconds": 0.0}]
+    for epoch, state, seconds in finetune_epochs(model, state, train_split, cfg, seed, progress, bn_samples):
+        loss, acc = evaluate(model, state, val_split)
+        history.append({"epoch": epoch, "val_loss": loss, "val_acc": acc, "seconds": seconds})
+    return state, history
 
 
 def _module_with(model: nn.Module, state: State) -> nn.Module:

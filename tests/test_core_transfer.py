@@ -1,4 +1,6 @@
 """Transfer invariants (Algorithms 1 and 2) on the bundled digits data."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -159,6 +161,32 @@ def test_learning_rate_warmup_then_cosine():
     assert _lr_at(cfg, 6.0) == pytest.approx(0.05)                    # cosine half-way
     assert _lr_at(cfg, 10.0) == pytest.approx(0.0, abs=1e-12)
     assert _lr_at(ltray.TrainConfig(lr=0.01), 7.3) == 0.01            # constant (the paper's MNIST)
+
+
+def test_snapshot_schedule_restarts_a_cosine_in_every_cycle():
+    from ltray.train import _lr_at
+
+    cfg = ltray.TrainConfig(epochs=12, lr=0.1, cycles=4)              # 4 cycles of 3 epochs (Huang et al. 2017)
+    for start in (0.0, 3.0, 6.0, 9.0):
+        assert _lr_at(cfg, start) == pytest.approx(0.1)               # restart at the full lr
+        assert _lr_at(cfg, start + 1.5) == pytest.approx(0.05)        # half-way down its cosine
+        assert _lr_at(cfg, start + 3.0 - 1e-9) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ltray.LtrayError, match="epochs divisible by cycles"):
+        ltray.TrainConfig(epochs=10, cycles=4)
+
+
+def test_finetune_epochs_yields_each_epoch_and_a_longer_run_extends_a_shorter_one(digits):
+    from ltray.train import FinetuneConfig, finetune_epochs
+
+    model = _model(digits, 4)
+    for optimizer in ("adam", "sgd"):
+        cfg = FinetuneConfig(epochs=3, lr=1e-2, optimizer=optimizer)
+        three = list(finetune_epochs(model, state_of(model), digits.train, cfg, seed=5))
+        two = list(finetune_epochs(model, state_of(model), digits.train, replace(cfg, epochs=2), seed=5))
+        assert [e for e, _, _ in three] == [1, 2, 3] and all(0 < s for _, _, s in three)
+        assert three[2][2] > three[1][2] > three[0][2]                # cumulative training seconds
+        for (_, a, _), (_, b, _) in zip(two, three):                  # constant lr, one data order: same states
+            assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_finetune_improves_and_reports_every_epoch(digits):
