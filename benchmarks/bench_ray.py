@@ -1,10 +1,10 @@
 """Ray engine benchmark (issue 3, section 8): N transfers sequential in-process vs Ray with W workers, Ray's
-per-task overhead, peak memory with and without object-store sharing, and the MNIST ensemble.
+per-task overhead, and peak memory with and without object-store sharing (the MNIST ensemble study is
+experiments/ensemble_study.py).
 
     python benchmarks/bench_ray.py --part digits                       # ~1 min on 2 cores
     python benchmarks/bench_ray.py --part mnist --solver auto --T 10   # MNIST 2-MLP, width 4096
     python benchmarks/bench_ray.py --part memory --dataset mnist       # peak RSS / USS, shared vs copied
-    python benchmarks/bench_ray.py --part ensemble                     # python -m ltray.ensemble, M=4 vs full
 
 Each part prints a JSON record (also appended to --out/results.jsonl). Numbers depend on what else runs on
 the machine: the record carries the load average before and after.
@@ -24,7 +24,6 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ltray.cli import pair_rows  # noqa: E402
@@ -192,41 +191,9 @@ def memory_mode(args) -> dict:
     return record
 
 
-def part_ensemble(args) -> dict:
-    import pandas as pd
-
-    record = {"part": "ensemble", "dataset": args.dataset, "members": args.members, "solver": args.solver,
-              "T": args.T, "load_before": os.getloadavg()}
-    out = args.out / f"ensemble-{args.dataset}"
-    cmd = [sys.executable, "-m", "ltray.ensemble", "--dataset", args.dataset, "--members", str(args.members),
-           "--full-ensemble", "--solver", args.solver, "--T", str(args.T), "--num-cpus", str(args.workers),
-           "--out", str(out), "--no-progress"]
-    if args.data_root:
-        cmd += ["--data-root", args.data_root]
-    if args.finetune_epochs is not None:
-        cmd += ["--finetune-epochs", str(args.finetune_epochs)]
-        record["finetune_epochs"] = args.finetune_epochs
-    if args.trajectory:  # e.g. the source the transfer benchmark trained (same preset and seed)
-        cmd += ["--trajectory", args.trajectory]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(done.stderr[-3000:])
-    record["wall_s"] = time.perf_counter() - t0
-    record["summary"] = done.stdout
-    ens = pd.read_parquet(out / "ensemble.parquet")
-    members = pd.read_parquet(out / "members.parquet")
-    record["ensembles"] = ens[["kind", "method", "size", "test_acc", "member_acc_mean", "member_acc_std",
-                               "epochs_per_member", "source_seconds", "seconds"]].to_dict("records")
-    record["source_test_acc"] = float(members[members.kind == "source"].test_acc.iloc[0])
-    record["transferred_test_acc_before_finetune"] = members[members.kind == "transferred"].test_acc_transfer.tolist()
-    record["load_after"] = os.getloadavg()
-    return record
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", default="digits", choices=["digits", "mnist", "memory", "ensemble"])
+    p.add_argument("--part", default="digits", choices=["digits", "mnist", "memory"])
     p.add_argument("--dataset", default=None, help="digits or mnist (default: the part's)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--n", type=int, default=8, help="transfers (default 8)")
@@ -235,22 +202,18 @@ def main() -> None:
     p.add_argument("--T", type=int, default=10)
     p.add_argument("--solver", default="scipy", help="assignment solver (ltray.lap.SOLVERS)")
     p.add_argument("--source-epochs", type=int, default=None, help="source training epochs (default: preset)")
-    p.add_argument("--members", type=int, default=4)
-    p.add_argument("--finetune-epochs", type=int, default=None, help="ensemble part (default: ltray's, 10)")
-    p.add_argument("--trajectory", default=None, help="ensemble part: reuse this source trajectory")
     p.add_argument("--baseline-threads", default=None, help="torch threads of the in-process runs (default 1,W)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-ray"))
     p.add_argument("--memory-mode", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    args.dataset = args.dataset or ("mnist" if args.part in ("mnist", "ensemble") else "digits")
+    args.dataset = args.dataset or ("mnist" if args.part == "mnist" else "digits")
     if args.dataset == "mnist" and args.data_root is None:
         args.data_root = str(MNIST_ROOT)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.memory_mode:
         print(json.dumps(memory_mode(args)))
         return
-    record = {"digits": part_transfers, "mnist": part_transfers, "memory": part_memory,
-              "ensemble": part_ensemble}[args.part](args)
+    record = {"digits": part_transfers, "mnist": part_transfers, "memory": part_memory}[args.part](args)
     record.update(torch=torch.__version__, cpus=os.cpu_count(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
     line = json.dumps(record, default=lambda v: round(v, 4) if isinstance(v, float) else str(v))
     with open(args.out / "results.jsonl", "a") as f:

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .results import summarise
 from .trajectory import atomic_path
@@ -242,4 +242,53 @@ def ablation_figure(rows, methods: tuple[str, ...] = ("gmt", "fgmt")) -> Figure:
         ax.set_title(f"{what}: linear-cosine vs {alt_name}", fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(_title(df), fontsize=9)
+    return fig
+
+
+KIND_STYLE = {"source": ("tab:gray", "s", "single source model"), "checkpoint": ("tab:brown", "v", "checkpoint ensemble"),
+              "snapshot": ("tab:purple", "D", "snapshot ensemble"), "full": ("black", "o", "full ensemble"),
+              "transferred": ("tab:orange", "^", "transferred")}
+
+
+def ensemble_figure(ensembles: pd.DataFrame, title: str = "", series: pd.Series | None = None) -> Figure:
+    """Test accuracy and NLL of every kind of ensemble against its compute seconds: one curve per kind (and per
+    transferred recipe: `series`, by default method and sources), a point per setting (numbers: epochs per
+    member, fine-tuning epochs when transferred), error bars = std over repeats."""
+    fig, axes = figure(2, 1, panel=(5.6, 4.0))
+    if series is None:
+        series = pd.Series([k if k != "transferred" else f"{NAMES.get(m, m)}, {s} source{'s' if s > 1 else ''}"
+                            f"{' + sources' if w else ''}" for k, m, s, w in
+                            zip(ensembles.kind, ensembles.method, ensembles.sources, ensembles.with_sources)],
+                           index=ensembles.index)
+    df = ensembles.assign(series=series)
+    shades = iter(["tab:orange", "tab:red", "tab:blue", "tab:green", "tab:olive", "tab:cyan", "tab:pink",
+                   "gold", "tab:gray"])
+    n = int(df.groupby(["series", "epochs"]).repeat.count().min())
+    for name, rows in df.groupby("series", sort=False):
+        kind = rows.kind.iloc[0]
+        color, marker, label = KIND_STYLE[kind]
+        if kind == "transferred":
+            color, label = next(shades), f"transferred: {name}"
+        stats = rows.groupby("epochs").agg(x=("seconds", "mean"), acc=("test_acc", "mean"), acc_sd=("test_acc", "std"),
+                                           nll=("test_nll", "mean"), nll_sd=("test_nll", "std")).sort_values("x")
+        for ax, y in zip(axes[0], ("acc", "nll")):
+            ax.errorbar(stats.x, stats[y], yerr=stats[f"{y}_sd"].fillna(0.0), color=color, marker=marker,
+                        markersize=4, capsize=2, linewidth=1, label=label)
+        if len(stats) > 1:
+            for e, (x, acc) in stats[["x", "acc"]].iterrows():
+                axes[0, 0].annotate(f"{e}", (x, acc), textcoords="offset points", xytext=(3, -9), fontsize=6,
+                                    color=color)
+    for ax, label in zip(axes[0], ("test accuracy (%)", "test NLL (nats)")):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("compute: seconds of training and transfer (log scale)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_title("(a) accuracy (labels: epochs per member)", loc="left", fontsize=9)
+    axes[0, 1].set_title("(b) negative log-likelihood", loc="left", fontsize=9)
+    axes[0, 1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{title}: ensembles of {int(df['size'].max())} against compute; mean ± std over {n} repeat"
+                 f"{'s' * (n > 1)}", fontsize=10)
     return fig

@@ -31,27 +31,39 @@ TRANSFER_SCHEMA = pa.schema([
 # ---- Ray engine (ltray.ensemble, ltray.sweep; issue 3) ----------------------------------------------------
 _ARCH = [pa.field("dataset", pa.string()), pa.field("model", pa.string()), pa.field("width", pa.int64())]
 
-# One row per ensemble member. kind: "transferred" (transfer to seed, best step, Adam fine-tuning), "full"
-# (trained from seed like the source) or "source". Transfer-only columns are null for the other kinds;
-# test_acc is the member's final accuracy (after fine-tuning for transferred members).
+# One row per ensemble member (ltray.members). kind: "source" (a checkpoint of a source run), "full" (trained
+# from seed like the source), "snapshot" (a cycle's end in a cyclic-lr run) or "transferred" (the source
+# transferred to seed, best step, fine-tuned). epochs: training epochs (fine-tuning epochs when transferred).
+# Transfer-only columns are null for the other kinds. Metrics on the test split (ltray.metrics: %, nats, %).
 MEMBERS_SCHEMA = pa.schema([
-    *_ARCH, pa.field("kind", pa.string()), pa.field("method", pa.string()), pa.field("seed_source", pa.int64()),
-    pa.field("seed", pa.int64()), pa.field("transfer_seed", pa.int64()), pa.field("T", pa.int64()),
-    pa.field("best_step", pa.int64()), pa.field("val_acc_transfer", pa.float64()),
-    pa.field("test_acc_transfer", pa.float64()), pa.field("test_acc_finetuned", pa.float64()),
-    pa.field("test_acc", pa.float64()), pa.field("epochs", pa.int64()), pa.field("lr", pa.float64()),
-    pa.field("transfer_seconds", pa.float64()), pa.field("train_seconds", pa.float64()),
-    pa.field("seconds", pa.float64()), *PROVENANCE,
+    *_ARCH, pa.field("repeat", pa.int64()), pa.field("kind", pa.string()), pa.field("method", pa.string()),
+    pa.field("seed_source", pa.int64()), pa.field("seed", pa.int64()), pa.field("epochs", pa.int64()),
+    pa.field("transfer_seed", pa.int64()), pa.field("T", pa.int64()), pa.field("best_step", pa.int64()),
+    pa.field("val_acc_transfer", pa.float64()), pa.field("test_acc_transfer", pa.float64()),
+    pa.field("test_acc", pa.float64()), pa.field("test_nll", pa.float64()), pa.field("test_ece", pa.float64()),
+    pa.field("lr", pa.float64()), pa.field("optimizer", pa.string()), pa.field("transfer_seconds", pa.float64()),
+    pa.field("train_seconds", pa.float64()), pa.field("seconds", pa.float64()), *PROVENANCE,
 ])
 
-# One row per ensemble (mean of the members' test softmax). seconds is the total compute of the ensemble:
-# its members' seconds plus, for transferred ensembles, the source's training (source_seconds).
+# One row per ensemble (the mean of its members' test softmax; ltray.ensemble). kind: source (one model),
+# checkpoint (the source run's last `size` epochs), snapshot (a cyclic-lr run's snapshots), full (independent
+# members), transferred. sources: independent training runs behind it. epochs: per member (fine-tuning epochs
+# for transferred, = finetune_epochs; the run's epochs for snapshot and checkpoint). finetune_* and T: the
+# transferred members' recipe (null for other kinds). seconds: the work that made
+# it: source_seconds (its source runs, each counted once) plus its members' own seconds; seconds_vs_full:
+# seconds / those of the full ensemble of the same size and repeat at the recipe's epochs (for a single
+# model: one full member).
 ENSEMBLE_SCHEMA = pa.schema([
-    *_ARCH, pa.field("kind", pa.string()), pa.field("method", pa.string()), pa.field("size", pa.int64()),
-    pa.field("seed_source", pa.int64()), pa.field("seeds", pa.string()), pa.field("test_acc", pa.float64()),
+    *_ARCH, pa.field("repeat", pa.int64()), pa.field("kind", pa.string()), pa.field("method", pa.string()),
+    pa.field("size", pa.int64()), pa.field("sources", pa.int64()), pa.field("with_sources", pa.bool_()),
+    pa.field("epochs", pa.int64()), pa.field("finetune_epochs", pa.int64()), pa.field("finetune_lr", pa.float64()),
+    pa.field("finetune_optimizer", pa.string()), pa.field("T", pa.int64()), pa.field("seeds", pa.string()),
+    pa.field("test_acc", pa.float64()), pa.field("test_nll", pa.float64()), pa.field("test_ece", pa.float64()),
+    pa.field("disagreement", pa.float64()), pa.field("gain", pa.float64()),
     pa.field("member_acc_mean", pa.float64()), pa.field("member_acc_std", pa.float64()),
-    pa.field("epochs_per_member", pa.int64()), pa.field("source_seconds", pa.float64()),
-    pa.field("seconds", pa.float64()), *PROVENANCE,
+    pa.field("member_nll_mean", pa.float64()), pa.field("n_test", pa.int64()),
+    pa.field("source_seconds", pa.float64()), pa.field("seconds", pa.float64()),
+    pa.field("seconds_vs_full", pa.float64()), *PROVENANCE,
 ])
 
 # One row per Tune trial: the searched parameters, every metric, and which one was the objective.

@@ -1,4 +1,4 @@
-"""The ensemble assembler: `python -m ltray.ensemble` / `ltray ensemble` on digits, through the session Ray."""
+"""The ensemble builder: `python -m ltray.ensemble` / `ltray ensemble` on digits, through the session Ray."""
 import os
 import subprocess
 import sys
@@ -7,80 +7,158 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ltray.ensemble import ensemble_accuracy, main
+from ltray.ensemble import KINDS, Recipe, assemble, check, main, plan
+from ltray.errors import LtrayError
+from ltray.members import Member
 
-SMALL = ["--width", "32", "--epochs", "3", "--T", "3", "--finetune-epochs", "1", "--no-progress"]
+SMALL = ["--width", "32", "--epochs", "4", "--T", "3", "--no-progress", "--no-plot"]
+REQUIRED = ["kind", "method", "size", "sources", "finetune_epochs", "repeat", "test_acc", "test_nll", "test_ece",
+            "disagreement", "member_acc_mean", "seconds", "seconds_vs_full"]
 
 
-def test_ensemble_accuracy_is_the_accuracy_of_the_mean_softmax():
-    labels = np.array([0, 1, 2, 1])
-    one_hot = np.eye(3, dtype=np.float32)[labels]
-    assert ensemble_accuracy([one_hot] * 3, labels) == 100.0  # identical members: the member's accuracy
-    wrong = np.eye(3, dtype=np.float32)[[1, 2, 0, 0]]
-    assert ensemble_accuracy([one_hot, wrong], labels) in (0.0, 25.0, 50.0, 75.0, 100.0)
-    confident = [one_hot * 0.9 + 0.1 / 3, wrong * 0.6 + 0.4 / 3]  # the more confident member wins every vote
-    assert ensemble_accuracy(confident, labels) == 100.0
+# ---- the plan and the assembly, on synthetic members ------------------------------------------------------------
 
+def test_plan_seeds_sources_round_robin_and_repeats():
+    recipe = check(Recipe(members=4, sources=2, repeats=2, methods=("fgmt", "naive")), 10, False, False)
+    assert recipe.snapshot_epochs == (12,) and recipe.trained_epochs == (10,)
+    units = plan(recipe, 10)
+    moved = [u for u in units if u.kind == "transferred" and u.repeat == 1 and u.method == "fgmt"]
+    assert [(u.seed, u.source) for u in moved] == [(11000, 10000), (11001, 10001), (11002, 10000), (11003, 10001)]
+    assert sorted(u.seed for u in units if u.kind == "full" and u.repeat == 0) == [1000, 1001, 1002, 1003]
+    assert [u.seed for u in units if u.kind == "source"] == [0, 1, 10000, 10001]
+    assert len({u.name() for u in units}) == len(units)
+    with_sources = check(Recipe(members=4, sources=2, with_sources=True), 10, False, False)
+    assert [u.source for u in plan(with_sources, 10) if u.kind == "transferred"] == [0, 1]
+
+
+@pytest.mark.parametrize("recipe, message", [
+    (Recipe(members=0), "must be >= 1"),
+    (Recipe(members=2, sources=3), "every source is transferred"),
+    (Recipe(members=3, sources=2, with_sources=True), "2 x --sources"),
+    (Recipe(trained_epochs=(0, 5)), "--trained-epochs must lie in 1..10"),
+    (Recipe(snapshot_epochs=(10,)), "multiples of --members"),
+    (Recipe(stages=()), "--finetune-epochs"),
+])
+def test_recipes_that_cannot_run_are_refused(recipe, message):
+    with pytest.raises(LtrayError, match=message):
+        check(recipe, 10, False, False)
+
+
+def test_curves_need_a_constant_lr_and_a_given_trajectory_is_one_source():
+    with pytest.raises(LtrayError, match="constant learning rate"):
+        check(Recipe(trained_epochs=(5, 10)), 10, True, False)
+    with pytest.raises(LtrayError, match="one source"):
+        check(Recipe(sources=2), 10, False, True)
+
+
+def _member(kind, seed, epochs, seconds, pred, labels, n_classes=3):
+    probs = np.full((len(labels), n_classes), 0.1 / (n_classes - 1))
+    probs[np.arange(len(labels)), pred] = 0.9
+    return Member(dict(kind=kind, seed=seed, epochs=epochs, seconds=seconds), probs)
+
+
+def test_assemble_counts_each_run_once_and_compares_with_the_same_size_full_ensemble():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    recipe = check(Recipe(members=2, sources=1, stages=(0, 1), snapshot_epochs=(4,), with_sources=True), 4, False,
+                   False)
+    units = {}
+    for u in plan(recipe, 4):
+        if u.kind == "source":    # epochs 3 and 4: 1 s per epoch; epoch 4 wrong on the last point
+            units[u] = [_member("source", u.seed, e, float(e), labels if e == 3 else [0, 1, 2, 0, 1, 0], labels)
+                        for e in (3, 4)]
+        elif u.kind == "full":
+            units[u] = [_member("full", u.seed, 4, 5.0, labels, labels)]
+        elif u.kind == "snapshot":
+            units[u] = [_member("snapshot", u.seed, e, e * 2.0, labels, labels) for e in (2, 4)]
+        else:                     # transferred: 0.5 s of transfer, 1 s per fine-tuning epoch
+            units[u] = [_member("transferred", u.seed, s, 0.5 + s, [1, 1, 2, 0, 1, 2], labels) for s in (0, 1)]
+    rows = pd.DataFrame(assemble(recipe, 4, units, labels, {"finetune_lr": 1e-3, "finetune_optimizer": "adam",
+                                                               "T": 3}))
+    assert list(rows.kind.drop_duplicates()) == ["source", "checkpoint", "snapshot", "full", "transferred"]
+    by = rows.set_index(["kind", "epochs"])
+    assert by.loc[("source", 4), "seconds"] == 4.0 and by.loc[("source", 4), "test_acc"] == pytest.approx(500 / 6)
+    assert by.loc[("checkpoint", 4), "seconds"] == 4.0 and by.loc[("checkpoint", 4), "seeds"] == "0,0"
+    assert by.loc[("snapshot", 4), "seconds"] == 8.0            # one run: its length, not the sum of snapshots
+    assert by.loc[("full", 4), "seconds"] == 10.0 and by.loc[("full", 4), "seconds_vs_full"] == 1.0
+    ft = by.loc[("transferred", 1)]                            # the source (4 s, once) + one member (1.5 s)
+    assert ft.seconds == 5.5 and ft.source_seconds == 4.0 and ft.seconds_vs_full == 0.55
+    assert ft["size"] == 2 and ft.sources == 1 and ft.with_sources and ft.finetune_epochs == 1
+    assert ft.finetune_optimizer == "adam" and ft["T"] == 3
+    assert by.loc[("source", 4), "finetune_lr"] != by.loc[("source", 4), "finetune_lr"]  # null beyond transferred
+    assert by.loc[("source", 4), "seconds_vs_full"] == 0.8     # one model: against one full member (4 s / 5 s)
+    assert ft.disagreement == pytest.approx(100 * 2 / 6)       # source@4 vs member: points 0 and 5 differ
+
+
+# ---- the command, end to end ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def run(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("ensemble")
-    assert main([*SMALL, "--members", "2", "--full-ensemble", "--out", str(out)]) == 0
+    assert main([*SMALL, "--members", "2", "--repeats", "2", "--finetune-epochs", "0,1", "--trained-epochs", "2,4",
+                 "--method", "fgmt,naive", "--out", str(out)]) == 0
     return out
 
 
-def test_members_and_ensembles_are_written_with_seeds_and_provenance(run):
-    members, ensembles = pd.read_parquet(run / "members.parquet"), pd.read_parquet(run / "ensemble.parquet")
-    assert sorted(members.kind) == ["full", "full", "source", "transferred", "transferred"]
-    transferred = members[members.kind == "transferred"]
-    assert sorted(transferred.seed) == [1000, 1001] and set(transferred.seed_source) == {0}
-    assert set(transferred.method) == {"fgmt"} and transferred.best_step.between(1, 3).all()
-    assert (transferred.test_acc == transferred.test_acc_finetuned).all()
-    assert (transferred.seconds >= transferred.transfer_seconds).all()
-    assert sorted(members[members.kind == "full"].seed) == [1000, 1001]  # the same initialisations
-    assert members[members.kind == "full"].test_acc_transfer.isna().all()
-    assert set(ensembles.kind) == {"transferred", "full"} and set(ensembles["size"]) == {2}
-    assert ensembles.test_acc.between(0, 100).all() and ensembles.seeds.eq("1000,1001").all()
-    source_seconds = members[members.kind == "source"].seconds.iloc[0]
-    row = ensembles.set_index("kind").loc["transferred"]
-    assert row.seconds == pytest.approx(transferred.seconds.sum() + source_seconds)
-    for df in (members, ensembles):
-        assert df[["config_hash", "ltray_version", "torch_version"]].notna().all().all()
+def test_every_kind_is_in_one_table_with_the_required_columns(run):
+    ensembles, members = pd.read_parquet(run / "ensemble.parquet"), pd.read_parquet(run / "members.parquet")
+    assert set(REQUIRED) <= set(ensembles.columns)
+    assert set(ensembles.kind) == set(KINDS) and set(ensembles.repeat) == {0, 1}
+    assert ensembles[REQUIRED].drop(columns=["finetune_epochs", "disagreement"]).notna().all().all()
+    moved = ensembles[ensembles.kind == "transferred"]
+    assert set(zip(moved.method, moved.finetune_epochs)) == {(m, e) for m in ("fgmt", "naive") for e in (0, 1)}
+    assert moved.test_acc.between(0, 100).all() and (moved.seconds > moved.source_seconds).all()
+    full = ensembles[(ensembles.kind == "full") & (ensembles.epochs == 4)]
+    assert (full.seconds_vs_full == 1.0).all() and set(ensembles[ensembles.kind == "full"].epochs) == {2, 4}
+    assert set(ensembles[ensembles.kind == "snapshot"].epochs) == {4}   # 4 epochs: 2 cycles of 2
+    for _, row in ensembles[ensembles["size"] == 2].iterrows():
+        assert row.gain == pytest.approx(row.test_acc - row.member_acc_mean)
+    assert {"test_nll", "test_ece", "seconds"} <= set(members.columns)
+    assert members[["test_acc", "test_nll", "test_ece", "seconds"]].notna().all().all()
+    assert members[["config_hash", "ltray_version", "torch_version"]].notna().all().all()
 
 
-def test_a_rerun_skips_finished_members_and_adds_new_ones(run, capsys):
-    before = pd.read_parquet(run / "members.parquet")
+def test_a_rerun_skips_finished_units_and_rebuilds_the_same_tables(run, capsys):
+    before = pd.read_parquet(run / "ensemble.parquet")
     capsys.readouterr()
-    assert main([*SMALL, "--members", "3", "--out", str(run)]) == 0
-    assert "3 of 4 members already" in capsys.readouterr().out
-    after = pd.read_parquet(run / "members.parquet")
-    assert sorted(after[after.kind == "transferred"].seed) == [1000, 1001, 1002]
-    cols = ["kind", "seed", "test_acc", "seconds"]
-    kept = after[after.seed.isin([0, 1000, 1001]) & (after.kind != "full")][cols].reset_index(drop=True)
-    pd.testing.assert_frame_equal(kept, before[before.kind != "full"][cols].reset_index(drop=True))
-    assert (run / "sources").is_dir() and len(list((run / "sources").iterdir())) == 1
+    assert main([*SMALL, "--members", "2", "--repeats", "2", "--finetune-epochs", "0,1", "--trained-epochs", "2,4",
+                 "--method", "fgmt,naive", "--out", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "16 of 16 units already" in printed and "wall" not in printed
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "ensemble.parquet"), before)
+    assert "test split: 359 images (one image = 0.28 pt); mean over 2 repeats" in printed
+    assert len(list((run / "sources").iterdir())) == 2          # one source per repeat, kept for reruns
 
 
 def test_bad_input_is_one_line_before_any_work(ray_session, tmp_path, capsys, run):
+    source = next((run / "sources").iterdir())
     assert main(["--members", "0", "--out", str(tmp_path / "zero")]) == 2
-    assert main([*SMALL, "--trajectory", str(next((run / "sources").iterdir())), "--width", "48",
-                 "--out", str(tmp_path / "wide")]) == 2
+    assert main([*SMALL, "--trajectory", str(source), "--width", "48", "--out", str(tmp_path / "wide")]) == 2
     assert main([*SMALL, "--gpus-per-task", "1", "--out", str(tmp_path / "gpu")]) == 2
+    assert main([*SMALL, "--finetune-optimizer", "lbfgs", "--out", str(tmp_path / "opt")]) == 2
+    assert main([*SMALL, "--method", "fgmt,best", "--out", str(tmp_path / "method")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == "ltray ensemble: error: --members must be >= 1, got 0"
+    assert err[0] == "ltray ensemble: error: --members, --sources and --repeats must be >= 1, got 0, 1 and 1"
     assert "another architecture" in err[1] and "no node can run a task needing 1 CPU and 1 GPU" in err[2]
-    assert len(err) == 3 and not any((tmp_path / d).exists() for d in ("zero", "wide", "gpu"))
+    assert "unknown fine-tuning optimizer 'lbfgs'" in err[3] and "unknown transfer method 'best'" in err[4]
+    assert len(err) == 5 and not any((tmp_path / d).exists() for d in ("zero", "wide", "gpu", "opt", "method"))
 
 
 def test_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "ltray.ensemble", "--members", "-1"], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.strip() == "ltray ensemble: error: --members must be >= 1, got -1"
+    assert done.returncode == 2
+    assert done.stderr.strip() == "ltray ensemble: error: --members, --sources and --repeats must be >= 1, got -1, 1 and 1"
 
 
 @pytest.mark.slow
-def test_default_runs_on_digits_and_prints_a_summary(tmp_path):
+def test_default_runs_on_digits_and_prints_one_row_per_kind(tmp_path):
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     done = subprocess.run([sys.executable, "-m", "ltray.ensemble", "--num-cpus", "2"], capture_output=True,
                           text=True, cwd=tmp_path, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "transferred" in done.stdout and (tmp_path / "runs" / "ensemble" / "ensemble.parquet").exists()
+    for kind in KINDS:
+        assert kind in done.stdout
+    out = tmp_path / "runs" / "ensemble"
+    assert (out / "ensemble.png").stat().st_size > 10_000
+    ensembles = pd.read_parquet(out / "ensemble.parquet")
+    moved = ensembles[ensembles.kind == "transferred"]
+    assert (moved.gain >= 0).all()                            # members that differ: the ensemble gains

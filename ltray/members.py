@@ -1,0 +1,140 @@
+"""Ensemble members: the units of work behind `python -m ltray.ensemble`, as pure functions of the data.
+
+Each function makes one *unit* (a training run or a transfer) and returns its members: a row of what it
+knows (MEMBERS_SCHEMA columns) and the member's softmax on the test split. The same call runs in-process or as
+a Ray task (ltray.engine). A unit is saved whole in one safetensors file, so a rerun skips it.
+
+Seconds are the wall time of the work that made a member, without evaluation:
+- a trained member after e epochs: its training up to epoch e;
+- a snapshot (a checkpoint of a cyclic-lr run) or a checkpoint of the source: that run up to the checkpoint;
+- a transferred member: its transfer (every step evaluated on validation data, to pick the best step; an
+  Oracle's includes training its target) plus its fine-tuning; the source's training is not included.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from .errors import LtrayError
+from .metrics import member_metrics
+
+
+@dataclass
+class Member:
+    row: dict              # MEMBERS_SCHEMA columns this unit knows (kind, seeds, epochs, metrics, seconds, ...)
+    probs: np.ndarray      # (n_test, classes) float32: softmax on the test split
+
+
+def predict_proba(model: torch.nn.Module, state: dict, split, batch_size: int = 2000) -> np.ndarray:
+    """Softmax of `state` on `split`, in eval mode, as float32 numpy."""
+    device = next(iter(state.values())).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = [torch.softmax(functional_call(model, state, (split.x[i:i + batch_size].to(device),)), 1).cpu()
+               for i in range(0, len(split), batch_size)]
+    model.train(was_training)
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def _member(model, state, data, **row) -> Member:
+    probs = predict_proba(model, state, data.test)
+    return Member(dict(row, **member_metrics(probs, data.test.y.numpy())), probs)
+
+
+def _epoch_seconds(meta: dict, epoch: int) -> float:
+    """Training seconds up to the end of `epoch` (spread evenly when an older file has only the total)."""
+    if "epoch_seconds" in meta:
+        return float(meta["epoch_seconds"][epoch - 1])
+    return float(meta.get("train_seconds", float("nan"))) * epoch / meta.get("epochs", epoch)
+
+
+def trained_members(data, *, kind: str, model_cfg, train_cfg, seed: int, epochs: tuple[int, ...],
+                    device: str = "cpu") -> list[Member]:
+    """Train from build_model(seed) (data order from `seed`) and return the checkpoints after each of `epochs`:
+    kind "full" (an independently trained member) or "snapshot" (train_cfg.cycles > 1: the cycles' ends)."""
+    from .models import state_of
+    from .train import train
+
+    model = model_cfg.build(data, seed).to(device)
+    traj = train(model, state_of(model), data.train, train_cfg, seed, progress=False)
+    return [_member(model, traj.state(e, device), data, kind=kind, method="sgd", seed_source=seed, seed=seed,
+                    epochs=e, lr=train_cfg.lr, train_seconds=_epoch_seconds(traj.meta, e),
+                    seconds=_epoch_seconds(traj.meta, e)) for e in epochs]
+
+
+def source_members(data, *, model_cfg, source, epochs: tuple[int, ...], device: str = "cpu") -> list[Member]:
+    """The source run's checkpoints after each of `epochs` (no training: its seconds are the source's)."""
+    model = model_cfg.build(data, 0).to(device)
+    seed, lr = int(source.meta.get("seed", 0)), (source.meta.get("train_config") or {}).get("lr")
+    return [_member(model, source.state(e, device), data, kind="source", method="sgd", seed_source=seed, seed=seed,
+                    epochs=e, lr=lr, train_seconds=_epoch_seconds(source.meta, e),
+                    seconds=_epoch_seconds(source.meta, e)) for e in epochs]
+
+
+def transferred_members(data, *, model_cfg, train_cfg, transfer_cfg, finetune_cfg, stages: tuple[int, ...],
+                        method: str, source, seed: int, device: str = "cpu") -> list[Member]:
+    """Transfer `source` onto build_model(seed), keep the best step (validation accuracy), fine-tune it for
+    max(stages) epochs (its own data order) and return the member after each of `stages` fine-tuning epochs
+    (0: the transferred parameters themselves)."""
+    from .models import has_batchnorm
+    from .pipeline import transfer_pair
+    from .results import derive_seed
+    from .train import finetune_epochs
+
+    seed_source = int(source.meta.get("seed", 0))
+    transfer_seed = derive_seed("transfer", seed_source, seed)
+    result = transfer_pair(data, model_cfg, train_cfg, transfer_cfg, (method,), source, seed, device,
+                           seed=transfer_seed).results[method]
+    model = model_cfg.build(data, seed).to(device)
+    common = dict(kind="transferred", method=method, seed_source=seed_source, seed=seed, transfer_seed=transfer_seed,
+                  T=transfer_cfg.T, best_step=result.best_step, val_acc_transfer=result.val_acc[result.best_step],
+                  lr=finetune_cfg.lr, optimizer=finetune_cfg.optimizer, transfer_seconds=result.seconds[-1])
+    start = _member(model, result.best, data, epochs=0, train_seconds=0.0, seconds=result.seconds[-1], **common)
+    out = [start] if 0 in stages else []
+    cfg = replace(finetune_cfg, epochs=max(stages))
+    bn = transfer_cfg.bn_samples if has_batchnorm(model) else 0
+    for epoch, state, seconds in finetune_epochs(model, result.best, data.train, cfg,
+                                                 derive_seed("finetune", seed_source, seed), bn_samples=bn):
+        if epoch in stages:
+            out.append(_member(model, state, data, epochs=epoch, train_seconds=seconds,
+                               seconds=result.seconds[-1] + seconds, **common))
+    for m in out:
+        m.row["test_acc_transfer"] = start.row["test_acc"]
+    return out
+
+
+# ---- unit files (the resume unit) ----------------------------------------------------------------------------
+
+def save_unit(members: list[Member], path: Path) -> None:
+    """All members of one unit in one safetensors file (probabilities + rows), written atomically."""
+    from safetensors.numpy import save_file
+
+    from .trajectory import atomic_path
+
+    tmp = atomic_path(path)
+    try:
+        save_file({"probs": np.stack([m.probs for m in members])}, str(tmp),
+                  metadata={"rows": json.dumps([m.row for m in members])})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_unit(path: Path) -> list[Member]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            rows, probs = json.loads(f.metadata()["rows"]), f.get_tensor("probs")
+        if len(rows) != len(probs):
+            raise ValueError("rows and probabilities differ in number")
+    except Exception as e:
+        raise LtrayError(f"member file {path} is corrupted ({type(e).__name__}); delete it to recompute it") from None
+    return [Member(r, p) for r, p in zip(rows, probs)]
