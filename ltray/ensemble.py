@@ -52,7 +52,7 @@ class Recipe:
     """What the ensembles are made of (validated by `check`)."""
     members: int = 4
     sources: int = 1
-    repeats: int = 1
+    repeats: int = 3
     methods: tuple[str, ...] = ("fgmt",)
     stages: tuple[int, ...] = (0, 2)            # fine-tuning epochs at which transferred members are evaluated
     trained_epochs: tuple[int, ...] = ()        # epochs at which source and full members are evaluated (default E)
@@ -201,7 +201,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="K independently trained sources; transferred members take them round-robin (default 1)")
     g.add_argument("--with-sources", action="store_true",
                    help="the K sources are members of the transferred ensemble, beside M - K transferred ones")
-    g.add_argument("--repeats", type=int, default=1, help="R, independent repeats (source seeds) (default 1)")
+    g.add_argument("--repeats", type=int, default=3, help="R, independent repeats (all seeds differ) (default 3)")
     g.add_argument("--method", default="fgmt", help="transfer method(s), comma-separated: fgmt (default), gmt, "
                    "oracle, naive")
     g.add_argument("--finetune-epochs", type=int_list, default=(0, 2),

@@ -27,7 +27,7 @@ def test_plan_seeds_sources_round_robin_and_repeats():
     assert sorted(u.seed for u in units if u.kind == "full" and u.repeat == 0) == [1000, 1001, 1002, 1003]
     assert [u.seed for u in units if u.kind == "source"] == [0, 1, 10000, 10001]
     assert len({u.name() for u in units}) == len(units)
-    with_sources = check(Recipe(members=4, sources=2, with_sources=True), 10, False, False)
+    with_sources = check(Recipe(members=4, sources=2, repeats=1, with_sources=True), 10, False, False)
     assert [u.source for u in plan(with_sources, 10) if u.kind == "transferred"] == [0, 1]
 
 
@@ -59,8 +59,8 @@ def _member(kind, seed, epochs, seconds, pred, labels, n_classes=3):
 
 def test_assemble_counts_each_run_once_and_compares_with_the_same_size_full_ensemble():
     labels = np.array([0, 1, 2, 0, 1, 2])
-    recipe = check(Recipe(members=2, sources=1, stages=(0, 1), snapshot_epochs=(4,), with_sources=True), 4, False,
-                   False)
+    recipe = check(Recipe(members=2, sources=1, repeats=1, stages=(0, 1), snapshot_epochs=(4,), with_sources=True), 4,
+                   False, False)
     units = {}
     for u in plan(recipe, 4):
         if u.kind == "source":    # epochs 3 and 4: 1 s per epoch; epoch 4 wrong on the last point
