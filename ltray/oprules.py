@@ -42,19 +42,22 @@ def tensors(obj) -> list[torch.Tensor]:
 
 
 class Groups:
-    """Union-find over vars (candidate permutation groups): the oldest var names a merged group, frozen spreads."""
+    """Union-find over vars (candidate permutation groups). A merged group is named by its oldest layer output
+    (else its oldest parameter axis); frozen spreads."""
 
     def __init__(self):
         self.parent: list[int] = []
         self.size: list[int] = []
         self.name: list[str | None] = []   # None: born frozen (input, kernel and spatial axes)
         self.frozen: list[bool] = []
+        self.rank: list[tuple[int, int]] = []   # (0 for a layer's output axis, else 1; creation order)
 
-    def new(self, size: int, name: str | None = None) -> int:
+    def new(self, size: int, name: str | None = None, layer: bool = True) -> int:
         self.parent.append(len(self.parent))
         self.size.append(size)
         self.name.append(name)
         self.frozen.append(name is None)
+        self.rank.append((0 if layer else 1, len(self.rank)))
         return len(self.parent) - 1
 
     def find(self, v: int) -> int:
@@ -63,7 +66,7 @@ class Groups:
         return v
 
     def union(self, a: int, b: int) -> None:
-        a, b = sorted((self.find(a), self.find(b)))
+        a, b = sorted((self.find(a), self.find(b)), key=self.rank.__getitem__)
         if a != b:
             self.parent[b] = a
             self.frozen[a] = self.frozen[a] or self.frozen[b]
@@ -109,7 +112,8 @@ class Labeller:
                       "layer_norm": self.layer_norm, "rms_norm": self.layer_norm, "group_norm": self.group_norm,
                       "cat": self.cat, "concat": self.cat, "concatenate": self.cat, "pad": self.pad,
                       "interpolate": self.resize, "permute": self.permute, "transpose": self.transpose,
-                      "swapaxes": self.transpose, "t": self.transpose}
+                      "swapaxes": self.transpose, "t": self.transpose, "expand": self.expand,
+                      "expand_as": self.expand, "broadcast_to": self.expand, "getitem": self.getitem}
         for n in (1, 2, 3):
             for kind in ("max_pool", "avg_pool", "adaptive_max_pool", "adaptive_avg_pool", "lp_pool"):
                 self.rules[f"{kind}{n}d"] = lambda args, kwargs, out, n=n: self.spatial(args, out, n)
@@ -124,8 +128,10 @@ class Labeller:
     def of(self, t: torch.Tensor) -> list[Label]:
         key = self.keys.get(id(t))
         if key is not None:   # a parameter read by an op without a dedicated rule: one free var per axis
-            return self.params.setdefault(key, [[(self.g.new(n, f"P_{key}" + (f":{i}" if t.ndim > 1 else "")), 1)]
-                                                for i, n in enumerate(t.shape)])
+            if key not in self.params:
+                names = [f"P_{key}" + (f":{i}" if t.ndim > 1 else "") for i in range(t.ndim)]
+                self.params[key] = [[(self.g.new(n, name, layer=False), 1)] for n, name in zip(t.shape, names)]
+            return self.params[key]
         if id(t) not in self.labels:   # the model's input, or a tensor made inside forward
             self.set(t, [self.fixed(n) for n in t.shape])
         return self.labels[id(t)]
@@ -148,6 +154,9 @@ class Labeller:
         if len(a) == len(b) and all(ba == bb and size[va] == size[vb] for (va, ba), (vb, bb) in zip(a, b)):
             for (va, _), (vb, _) in zip(a, b):
                 self.g.union(va, vb)
+        elif all(self.g.fixed(v) for v, _ in a) or all(self.g.fixed(v) for v, _ in b):
+            for v, _ in a + b:   # meeting an unpermuted axis fixes the other one, as a union would
+                self.g.freeze(v)
         else:
             self.freeze([a, b], "joins axes whose segments do not line up")
 
@@ -294,6 +303,34 @@ class Labeller:
         X[d0], X[d1] = X[d1], X[d0]
         return X
 
+    def expand(self, args, kwargs, out):   # broadcast: axes that keep their size keep their labels
+        x, X = args[0], self.of(args[0])
+        lead = out.ndim - x.ndim
+        kept = [label if n == m else self.fixed(m) for label, n, m in zip(X, x.shape, out.shape[lead:])]
+        return [self.fixed(n) for n in out.shape[:lead]] + kept
+
+    def getitem(self, args, kwargs, out):   # basic indexing: x[:, 0], x[..., :k, None]
+        x, index = args
+        index = index if isinstance(index, tuple) else (index,)
+        if not all(i is None or i is Ellipsis or isinstance(i, slice) or type(i) is int for i in index):
+            raise _NoRule("indexes with tensors or lists")
+        if Ellipsis in index:
+            k, used = index.index(Ellipsis), sum(i is not None and i is not Ellipsis for i in index)
+            index = index[:k] + (slice(None),) * (x.ndim - used) + index[k + 1:]
+        X, labels, axis = self.of(x), [], 0
+        for i in index:
+            if i is None:
+                labels.append(self.fixed(1))
+                continue
+            if isinstance(i, slice) and range(*i.indices(x.shape[axis])) == range(x.shape[axis]):
+                labels.append(X[axis])
+            else:   # picking entries of an axis sees their order
+                self.freeze([X[axis]], "picks entries of a permuted axis")
+                if isinstance(i, slice):
+                    labels.append(self.fixed(len(range(*i.indices(x.shape[axis])))))
+            axis += 1
+        return labels + X[axis:]
+
     def cat(self, args, kwargs, out):   # segments laid end to end along `dim`; the other axes share groups
         parts = [t for t in _arg(args, kwargs, 0, "tensors") if t.ndim == out.ndim]
         d = _arg(args, kwargs, 1, "dim", 0) % out.ndim
@@ -325,7 +362,7 @@ class Labeller:
                         n += segments.pop()[1]
                     segments.append((None, n))
                 else:
-                    if r not in names:   # the oldest var's name; a repeated one gets a suffix
+                    if r not in names:   # the group's root names it; a repeated name gets a suffix
                         base = self.g.name[r]
                         names[r] = base if base not in names.values() else f"{base}#{r}"
                     segments.append((names[r], block))

@@ -222,6 +222,53 @@ def test_resolve_model_builds_seeded_torchvision_and_factory_models():
         resolve_model("torchvision:resnet18", in_channels=1)
 
 
+class BranchingMLP(nn.Module):
+    """Python control flow on a tensor's value: torch.fx cannot trace it, one recorded forward follows it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        if h.mean() > 0:   # a mean over the units does not see their order
+            h = h * 2
+        return self.fc2(h)
+
+
+def test_control_flow_on_tensor_values_is_followed():
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(BranchingMLP())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FrozenAxesWarning)
+        spec = ltray.spec_for(BranchingMLP(), torch.randn(4, 8))
+    assert spec.axes["fc1.weight"] == ("P_fc1", None) and spec.axes["fc2.weight"] == (None, "P_fc1")
+
+
+class TokenMLP(nn.Module):
+    """ViT-style tokens without attention: a class token expanded and concatenated before the embedded
+    tokens, a position embedding added, a residual MLP, and the class token read back with x[:, 0]."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.cls, self.pos = nn.Parameter(torch.randn(1, 1, width)), nn.Parameter(torch.randn(1, 5, width))
+        self.embed, self.norm = nn.Linear(3, width), nn.LayerNorm(width)
+        self.fc1, self.fc2, self.head = nn.Linear(width, 16), nn.Linear(16, width), nn.Linear(width, 2)
+
+    def forward(self, x):
+        h = torch.cat([self.cls.expand(len(x), -1, -1), self.embed(x)], dim=1) + self.pos
+        h = h + self.fc2(F.gelu(self.fc1(self.norm(h))))
+        return self.head(h[:, 0])
+
+
+def test_class_token_position_embedding_and_indexing_keep_the_stream():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FrozenAxesWarning)
+        spec = ltray.spec_for(TokenMLP(), torch.randn(2, 4, 3))
+    assert spec.axes["cls"] == spec.axes["pos"] == (None, None, "P_embed")
+    assert spec.axes["head.weight"] == (None, "P_embed") and spec.axes["fc2.weight"] == ("P_embed", "P_fc1")
+
+
 def test_spec_for_guesses_an_input_and_says_when_it_cannot():
     spec = ltray.spec_for(ResidualMLP())   # a (2, 48) batch read off the first Linear
     assert len(spec.groups) == 3
