@@ -39,7 +39,7 @@ RECIPES = {
             "K=1; SGD at the source's lr"),
     "K2": (["--sources", "2", "--finetune-epochs", STAGES], "K=2 sources, 2 members each; Adam 1e-3"),
     "K1+src": (["--with-sources", "--finetune-epochs", STAGES], "the source + 3 members; Adam 1e-3"),
-    "K1+src,1e-4": (["--with-sources", "--finetune-lr", "1e-4", "--finetune-epochs", STAGES],
+    "K1+src-1e-4": (["--with-sources", "--finetune-lr", "1e-4", "--finetune-epochs", STAGES],
                     "the source + 3 members; Adam 1e-4"),
     "K2+src": (["--sources", "2", "--with-sources", "--finetune-epochs", STAGES],
                "2 sources + 1 member of each; Adam 1e-3"),
