@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ltray import lap  # noqa: E402
+from ltray import lap
 
 RANK = 128
 
@@ -62,24 +59,6 @@ def objective(m: torch.Tensor, perm: torch.Tensor) -> float:
     return float(m[torch.arange(m.shape[0], device=m.device), perm].sum())
 
 
-def solve(m, solver, warm=None):
-    """solve_assignment; "auction-torch" / "auction-eps-torch" force the auction's torch backend (the CPU
-    default is the compiled one)."""
-    if solver.endswith("-torch"):
-        return lap._auction_solve(m, warm, exact=solver == "auction-torch", backend="torch")
-    return lap.solve_assignment(m, solver, warm=warm)
-
-
-def timed(m, solver, warm=None):
-    if m.is_cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    res = solve(m, solver, warm=warm)
-    if m.is_cuda:
-        torch.cuda.synchronize()
-    return res, time.perf_counter() - t0
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
@@ -102,7 +81,7 @@ def main(argv=None) -> int:
             mats = sequence(kind, n, args.steps, seed=1000 + n, device=args.device)
             ref = []
             for s, m in enumerate(mats, 1):
-                res, dt = timed(m, "scipy")
+                res, dt = lap.timed_solve(m, "scipy")
                 ref.append(objective(m, res.perm))
                 rows.append(dict(n=n, kind=kind, solver="scipy", mode="cold", step=s, time_s=dt, rel_gap=0.0,
                                  gap_bound=0.0, method=res.method))
@@ -111,12 +90,12 @@ def main(argv=None) -> int:
                     continue
                 prev = None
                 for s, m in enumerate(mats, 1):
-                    res, dt = timed(m, solver)
+                    res, dt = lap.timed_solve(m, solver)
                     gap = (ref[s - 1] - objective(m, res.perm)) / abs(ref[s - 1])
                     rows.append(dict(n=n, kind=kind, solver=solver, mode="cold", step=s, time_s=dt, rel_gap=gap,
                                      gap_bound=res.gap_bound, method=res.method))
                     if prev is not None:
-                        wres, wdt = timed(m, solver, warm=prev)
+                        wres, wdt = lap.timed_solve(m, solver, warm=prev)
                         wgap = (ref[s - 1] - objective(m, wres.perm)) / abs(ref[s - 1])
                         rows.append(dict(n=n, kind=kind, solver=solver, mode="warm", step=s, time_s=wdt,
                                          rel_gap=wgap, gap_bound=wres.gap_bound, method=wres.method))

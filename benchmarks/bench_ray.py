@@ -26,11 +26,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
 
 import torch  # noqa: E402
 
-from ltray.cli import pair_rows  # noqa: E402
-from ltray.pipeline import PRESETS, DataConfig, train_source  # noqa: E402
+from ltray.config import PRESETS, DataConfig, TransferConfig  # noqa: E402
+from ltray.core.trajectory import Trajectory, load_trajectory, save_trajectory  # noqa: E402
 from ltray.results import config_hash  # noqa: E402
-from ltray.transfer import TransferConfig  # noqa: E402
-from ltray.trajectory import Trajectory, load_trajectory, save_trajectory  # noqa: E402
+from ltray.runs import pair_rows, train_source  # noqa: E402
 
 MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -80,7 +79,7 @@ def noop(data, *, device):
 def part_transfers(args) -> dict:
     import ray
 
-    from ltray import engine
+    from ltray.distributed import engine
 
     data, source, job, _ = setup(args.dataset, args.data_root, args.T, args.solver, args.source_epochs, args.out,
                                  args.method)
@@ -156,7 +155,7 @@ def part_memory(args) -> dict:
 def memory_mode(args) -> dict:
     import ray
 
-    from ltray import engine
+    from ltray.distributed import engine
 
     data, source, job, _ = setup(args.dataset, args.data_root, args.T, args.solver, args.source_epochs, args.out,
                                  args.method)

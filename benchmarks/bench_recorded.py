@@ -17,13 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench_lap import timed  # noqa: E402  (benchmarks/ is this script's sys.path[0])
-from bench_transfer import cached_source  # noqa: E402
 from ltray import lap
-from ltray.pipeline import DataConfig, ModelConfig, transfer_pair
+from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
 from ltray.results import derive_seed
-from ltray.train import TrainConfig
-from ltray.transfer import TransferConfig
+from ltray.runs import cached_source, transfer_pair
 
 
 def record(args) -> list[Path]:
@@ -68,13 +65,13 @@ def main() -> None:
         n = a.shape[0]
         opt = None
         for solver in solvers:
-            res, sec = timed(a, solver)
+            res, sec = lap.timed_solve(a, solver)
             value = float(a[torch.arange(n), res.perm].double().sum())
             opt = value if solver == "scipy" else opt
             rows.append(dict(step=step, n=n, solver=solver, mode="cold", seconds=sec, method=res.method,
                              rel_gap=(opt - value) / abs(opt)))
         for solver in chained:
-            warm[solver], sec = timed(a, solver, warm[solver])
+            warm[solver], sec = lap.timed_solve(a, solver, warm[solver])
             value = float(a[torch.arange(n), warm[solver].perm].double().sum())
             rows.append(dict(step=step, n=n, solver=solver, mode="warm chain", seconds=sec,
                              method=warm[solver].method, rel_gap=(opt - value) / abs(opt)))

@@ -15,23 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ltray.pipeline import DataConfig, ModelConfig, train_source, transfer_pair
+from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
 from ltray.results import derive_seed
-from ltray.train import TrainConfig
-from ltray.trajectory import load_trajectory, save_trajectory
-from ltray.transfer import TransferConfig
-
-
-def cached_source(data, data_cfg, model_cfg, train_cfg, seed: int, cache: str | None, device: str = "cpu"):
-    """Source `seed`'s trajectory from `cache` (trained and stored there on first use); no cache: trained."""
-    path = None if cache is None else Path(cache) / (
-        f"{data_cfg.name}_w{model_cfg.width}_e{train_cfg.epochs}_lr{train_cfg.lr:g}_s{seed}.safetensors")
-    if path is not None and path.exists():
-        return load_trajectory(path)
-    source = train_source(data, data_cfg, model_cfg, train_cfg, seed, device=device)
-    if path is not None:
-        save_trajectory(source, path)
-    return source
+from ltray.runs import cached_source, train_source, transfer_pair
 
 
 def main() -> None:

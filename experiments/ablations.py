@@ -9,10 +9,10 @@ Writes <scenario>_w<width>_ablation.parquet and .png.
 """
 import sys
 
-from ltray.analysis import transfer_rows
-from ltray.experiment import main
-from ltray.plots import ablation_figure
-from ltray.results import SCENARIO_TRANSFER_SCHEMA
+from ltray.analysis.plots import ablation_figure
+from ltray.analysis.scenarios import transfer_rows
+from ltray.analysis.script import main
+from ltray.results import TRANSFER_SCHEMA
 
 VARIANTS = (("linear", "cosine"), ("linear", "uniform"), ("actual", "cosine"))
 
@@ -24,7 +24,7 @@ def body(exp):
             scenario = exp.scenario.with_transfer(trajectory=trajectory, schedule=schedule)
             run = exp.transfer(source, target, scenario=scenario)
             rows += transfer_rows(scenario, run, exp.run_id(VARIANTS))
-    exp.publish("ablation", rows, SCENARIO_TRANSFER_SCHEMA, ablation_figure(rows))
+    exp.publish("ablation", rows, TRANSFER_SCHEMA, ablation_figure(rows))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ltray.ensemble import main as ensemble_main
-from ltray.ensemble_report import recipe_label, study_summary
+from ltray.cli import main as ltray_main
+from ltray.ensemble.report import recipe_label, study_summary
 from ltray.results import ENSEMBLE_SCHEMA, MEMBERS_SCHEMA, write_parquet
 
 STAGES = "0,1,2,5"
@@ -83,7 +83,7 @@ def main() -> None:
             argv = [*common, "--lr", lr, *extra, "--out", str(work), "--no-plot", "--no-progress"]
             argv += ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []
             print(f"== lr {lr}, recipe {name}: {' '.join(extra)}", flush=True)
-            if ensemble_main(argv) != 0:
+            if ltray_main(["ensemble", *argv]) != 0:
                 raise SystemExit(f"recipe {name} at lr {lr} failed")
             print(f"   {time.perf_counter() - t0:.0f} s", flush=True)
             ensembles.append(pd.read_parquet(work / "ensemble.parquet").assign(recipe=name, source_lr=float(lr)))
@@ -94,7 +94,7 @@ def main() -> None:
 def publish(ensembles: pd.DataFrame, members: pd.DataFrame | None, out: Path) -> None:
     import pyarrow as pa
 
-    from ltray.plots import ensemble_figure, save_figure
+    from ltray.analysis.plots import ensemble_figure, save_figure
 
     out.mkdir(parents=True, exist_ok=True)
     extra = [pa.field("recipe", pa.string()), pa.field("source_lr", pa.float64())]

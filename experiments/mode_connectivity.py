@@ -9,9 +9,9 @@ Writes <scenario>_w<width>_paths.parquet/.png and <scenario>_w<width>_plane.parq
 """
 import sys
 
-from ltray.experiment import main
-from ltray.analysis import mode_connectivity
-from ltray.plots import paths_figure, planes_figure
+from ltray.analysis.plots import paths_figure, planes_figure
+from ltray.analysis.scenarios import mode_connectivity
+from ltray.analysis.script import main
 from ltray.results import PATH_SCHEMA, PLANE_SCHEMA, provenance
 
 

@@ -4,7 +4,7 @@
 """
 import sys
 
-from ltray.experiment import replot
+from ltray.analysis.summaries import replot
 
 if __name__ == "__main__":
     for path in replot(sys.argv[1] if len(sys.argv) > 1 else "experiments/results"):

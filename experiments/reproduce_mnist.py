@@ -10,25 +10,15 @@ Writes <out>/transfer.parquet (one row per lr, T, schedule, method, seed pair, s
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-from ltray.pipeline import DataConfig, ModelConfig, train_source, transfer_pair
-from ltray.plots import band, figure, save_figure
-from ltray.results import TRANSFER_SCHEMA, config_hash, derive_seed, provenance, summarise, write_parquet
-from ltray.train import TrainConfig, evaluate
-from ltray.trajectory import load_trajectory, save_trajectory
-from ltray.transfer import TransferConfig
 
-COSTS_SCHEMA = pa.schema([
-    ("lr", pa.float64()), ("T", pa.int64()), ("schedule", pa.string()), ("method", pa.string()),
-    ("seed_source", pa.int64()), ("seed_target", pa.int64()), ("transfer_seconds", pa.float64()),
-    ("source_train_seconds", pa.float64()), ("fraction_of_training", pa.float64()), ("gradients", pa.float64()),
-    ("cost_products", pa.float64()), ("solves", pa.float64()), ("evaluation", pa.float64()),
-    ("first_layer_ratio", pa.float64()), ("final_val_acc", pa.float64()), ("source_val_acc", pa.float64()),
-])
+from ltray import evaluate
+from ltray.analysis.plots import band, figure, save_figure
+from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
+from ltray.results import COSTS_SCHEMA, TRANSFER_SCHEMA, config_hash, derive_seed, provenance, summarise, write_parquet
+from ltray.runs import cached_source, transfer_pair, transfer_rows
 
 
 def first_layer_ratio(traj) -> float:
@@ -57,23 +47,18 @@ def main() -> None:
         args.lrs, args.Ts, args.seeds, args.width, args.epochs = [0.1], [2], 1, 64, 2
     data_cfg = DataConfig("digits") if args.smoke else DataConfig("mnist", str(Path(args.data_root).resolve()))
     if args.plot_only:
-        return plot(pd.read_parquet(Path(args.out) / "transfer.parquet"), args, Path(args.out))
+        df = pd.read_parquet(Path(args.out) / "transfer.parquet")   # files before the one schema said "lr"
+        return plot(df.rename(columns={"lr": "source_lr"}), args, Path(args.out))
     data = data_cfg.load()
     model_cfg = ModelConfig("mlp", args.width)
     methods = tuple(args.methods.split(","))
     out = Path(args.out)
     cache = Path(args.cache)
     rows, costs = [], []
-    schema = TRANSFER_SCHEMA.append(pa.field("lr", pa.float64()))
 
     def trained(lr: float, seed: int):
-        """Train once per (lr, seed) and keep it in the cache, so reruns and every T/schedule reuse it."""
-        path = cache / f"{data_cfg.name}_w{args.width}_e{args.epochs}_lr{lr:g}_s{seed}.safetensors"
-        if path.exists():
-            return load_trajectory(path)
-        traj = train_source(data, data_cfg, model_cfg, TrainConfig(epochs=args.epochs, lr=lr), seed)
-        save_trajectory(traj, path)
-        return traj
+        """Trained once per (lr, seed) and kept in the cache, so reruns and every T/schedule reuse it."""
+        return cached_source(data, data_cfg, model_cfg, TrainConfig(epochs=args.epochs, lr=lr), seed, cache)
 
     # Settings in priority order (T outer), so an interrupted run still has complete T=5 results.
     for T in args.Ts:
@@ -91,13 +76,13 @@ def main() -> None:
                                             seed=derive_seed("transfer", seed_source, seed_target), target=target)
                     print(f"T={T} {schedule} lr={lr} pair {k}: source val {src_acc:.2f}% "
                           f"({source.meta['train_seconds']:.1f} s), ||dW1||/||W1^0|| = {ratio:.3f}", flush=True)
+                    rows += transfer_rows(outcome.results, scenario="random", dataset=data_cfg.name, classes=None,
+                                          pretrain_dataset=None, pretrain_classes=None, model="mlp",
+                                          width=args.width, source_lr=lr, seed_source=seed_source,
+                                          seed_target=seed_target, T=T, schedule=schedule, trajectory="linear",
+                                          batch_size=128, solver=args.solver,
+                                          source_train_seconds=outcome.source_train_seconds, **provenance(run_id))
                     for method, res in outcome.results.items():
-                        for r in res.rows():
-                            rows.append(dict(r, dataset=data_cfg.name, model="mlp", width=args.width,
-                                             seed_source=seed_source, seed_target=seed_target, T=T,
-                                             schedule=schedule, trajectory="linear", batch_size=128,
-                                             solver=args.solver, source_train_seconds=outcome.source_train_seconds,
-                                             lr=lr, **provenance(run_id)))
                         prof = res.profile
                         costs.append(dict(lr=lr, T=T, schedule=schedule, method=method, seed_source=seed_source,
                                           seed_target=seed_target, transfer_seconds=res.seconds[-1],
@@ -112,7 +97,7 @@ def main() -> None:
                               f"  ({res.seconds[-1]:.1f} s: {', '.join(f'{k} {v:.1f}' for k, v in prof.items())})",
                               flush=True)
                     # publish after every pair: an interrupted run keeps everything finished so far
-                    write_parquet(pd.DataFrame(rows), schema, out / "transfer.parquet")
+                    write_parquet(pd.DataFrame(rows), TRANSFER_SCHEMA, out / "transfer.parquet")
                     write_parquet(pd.DataFrame(costs), COSTS_SCHEMA, out / "costs.parquet")
     plot(pd.DataFrame(rows), args, out)
     print(f"wrote {out}/transfer.parquet, costs.parquet and figures")
@@ -120,8 +105,8 @@ def main() -> None:
 
 def plot(df: pd.DataFrame, args, out: Path) -> None:
     Ts, schedules = sorted(df["T"].unique()), [s for s in args.schedules if s in set(df.schedule)]
-    for lr in sorted(df.lr.unique()):
-        sub = df[(df.lr == lr) & (df.t > 0)]
+    for lr in sorted(df.source_lr.unique()):
+        sub = df[(df.source_lr == lr) & (df.t > 0)]
         fig, axes = figure(ncols=len(Ts), nrows=len(schedules))
         for i, schedule in enumerate(schedules):
             for j, T in enumerate(Ts):
@@ -140,7 +125,7 @@ def plot(df: pd.DataFrame, args, out: Path) -> None:
 def summary_markdown(df: pd.DataFrame) -> str:
     """Per (lr, T, schedule): mean +- std val accuracy at every t for each method, and n."""
     lines = []
-    for (lr, T, schedule), g in df[df.t > 0].groupby(["lr", "T", "schedule"]):
+    for (lr, T, schedule), g in df[df.t > 0].groupby(["source_lr", "T", "schedule"]):
         stats = summarise(g, ["method", "t"], "val_acc")
         n = int(stats["n"].min())
         lines += [f"**lr={lr:g}, T={T}, {schedule} lambda** (val acc %, mean +- std over n={n} seed pairs)", "",

@@ -8,14 +8,15 @@ Writes <scenario>_w<width>_subsequent.parquet and .png.
 """
 import sys
 
-from ltray.analysis import SubsequentConfig, subsequent_training
-from ltray.experiment import main
-from ltray.plots import subsequent_figure
+from ltray.analysis.plots import subsequent_figure
+from ltray.analysis.scenarios import subsequent_training
+from ltray.analysis.script import main
+from ltray.config import FinetuneConfig
 from ltray.results import SUBSEQUENT_SCHEMA
 
 
 def body(exp):
-    cfg = SubsequentConfig(epochs=2 if exp.args.smoke else 10, lr=1e-4)
+    cfg = FinetuneConfig(epochs=2 if exp.args.smoke else 10, lr=1e-4)
     rows = []
     for run in exp.runs():
         rows += subsequent_training(exp.scenario, exp.data, run, cfg, exp.run_id(cfg), exp.args.device,

@@ -5,7 +5,7 @@ as quoted in docs/analyses.md.
 """
 import sys
 
-from ltray.experiment import summary_markdown
+from ltray.analysis.summaries import summary_markdown
 
 if __name__ == "__main__":
     print(summary_markdown(sys.argv[1] if len(sys.argv) > 1 else "experiments/results"))

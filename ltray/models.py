@@ -1,7 +1,7 @@
 """The paper's architectures (Appendix B.2): 2-MLP, Conv8 and ResNet-18, with seeded PyTorch-default init.
 
 Module names are chosen so that `state_dict()` keys read like the architecture; the permutation specs in
-`ltray.symmetry` are keyed by exactly these names.
+`ltray.core.specs` are keyed by exactly these names.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ class MLP(nn.Sequential):
 
 
 class Conv8(nn.Module):
-    """Table 2 of the paper: 7 conv layers (+ReLU) in 4 pooled stages, then 3 linear layers.
+    """Table 2 of the paper: 9 conv layers (+ReLU; the paper's text calls Conv8 "8-layered", its table lists 9)
+    in 4 pooled stages, then 3 linear layers.
 
     Channel widths are (1, 1, 2, 2, 4, 4, 8, 8, 8) x `width` (64 in the paper). The last max-pool covers the
     whole remaining map (4x4 for 32x32 inputs), so the classifier sees a plain channel axis. The table's last
@@ -100,7 +101,7 @@ def resolve_model(name: str, num_classes: int = 10, in_channels: int = 1, image_
     torchvision classifier, random weights), or `package.module:factory`, a callable returning an nn.Module and
     given whichever of num_classes, in_channels and image_size it names (num_classes only when it takes
     **kwargs, as torchvision's builders do). Models other than ltray's get their permutation spec from
-    ltray.autospec (spec_for). `width` and `depth` apply to ltray's models only."""
+    ltray.core.autospec (spec_for). `width` and `depth` apply to ltray's models only."""
     if ":" not in name:
         if name not in MODELS:
             raise LtrayError(f"unknown model {name!r}; known: {', '.join(MODELS)}, torchvision:NAME, "

@@ -12,26 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .trajectory import atomic_path
+from .core.trajectory import atomic_path
 
 PROVENANCE = [pa.field("config_hash", pa.string()), pa.field("ltray_version", pa.string()),
               pa.field("torch_version", pa.string())]
 
-TRANSFER_SCHEMA = pa.schema([
-    pa.field("dataset", pa.string()), pa.field("model", pa.string()), pa.field("width", pa.int64()),
-    pa.field("method", pa.string()), pa.field("seed_source", pa.int64()), pa.field("seed_target", pa.int64()),
-    pa.field("T", pa.int64()), pa.field("schedule", pa.string()), pa.field("trajectory", pa.string()),
-    pa.field("batch_size", pa.int64()), pa.field("solver", pa.string()),
-    pa.field("t", pa.int64()), pa.field("lambda", pa.float64()),
-    pa.field("val_acc", pa.float64()), pa.field("val_loss", pa.float64()),
-    pa.field("seconds", pa.float64()), pa.field("source_train_seconds", pa.float64()),
-    *PROVENANCE,
-])
-
-# ---- Ray engine (ltray.ensemble, ltray.sweep; issue 3) ----------------------------------------------------
+# ---- ensembles and sweeps (ltray.ensemble, ltray.distributed) ------------------------------------------------
 _ARCH = [pa.field("dataset", pa.string()), pa.field("model", pa.string()), pa.field("width", pa.int64())]
 
-# One row per ensemble member (ltray.members). kind: "source" (a checkpoint of a source run), "full" (trained
+# One row per ensemble member (ltray.ensemble.members). kind: "source" (a checkpoint of a source run), "full" (trained
 # from seed like the source), "snapshot" (a cycle's end in a cyclic-lr run) or "transferred" (the source
 # transferred to seed, best step, fine-tuned). epochs: training epochs (fine-tuning epochs when transferred).
 # Transfer-only columns are null for the other kinds. Metrics on the test split (ltray.metrics: %, nats, %).
@@ -79,7 +68,7 @@ SWEEP_SCHEMA = pa.schema([
 ])
 
 
-# ---- analyses (ltray.analysis, ltray.landscape; issue 4) -----------------------------------------------
+# ---- transfers, analyses (ltray.runs, ltray.analysis) -------------------------------------------------------
 # scenario: "random" (both inits random) or "pretrained" (both inits pre-trained on pretrain_dataset with
 # pretrain_classes, source fine-tuned on dataset/classes with a fresh head). classes are "5,6,7,8,9" or null.
 _SCENARIO = [pa.field("scenario", pa.string()), pa.field("dataset", pa.string()), pa.field("classes", pa.string()),
@@ -88,14 +77,28 @@ _SCENARIO = [pa.field("scenario", pa.string()), pa.field("dataset", pa.string())
              pa.field("source_lr", pa.float64()),    # lr of the source's training (its fine-tuning if pre-trained)
              pa.field("seed_source", pa.int64()), pa.field("seed_target", pa.int64())]
 
-# One row per (method, t) of a transfer; ablations vary schedule / trajectory.
-SCENARIO_TRANSFER_SCHEMA = pa.schema([
+# One row per (method, seed pair, step t) of a transfer (`ltray transfer`, the analyses, the reproduction).
+# seconds: the method's wall time up to and including step t (the Oracle's includes training its target);
+# oracle_agreement: share of hidden units pi_t maps as the Oracle's final pi does (null without the Oracle).
+TRANSFER_SCHEMA = pa.schema([
     *_SCENARIO, pa.field("method", pa.string()), pa.field("T", pa.int64()), pa.field("schedule", pa.string()),
     pa.field("trajectory", pa.string()), pa.field("batch_size", pa.int64()), pa.field("solver", pa.string()),
     pa.field("t", pa.int64()), pa.field("lambda", pa.float64()), pa.field("val_acc", pa.float64()),
     pa.field("val_loss", pa.float64()), pa.field("seconds", pa.float64()),
-    pa.field("oracle_agreement", pa.float64()),   # share of units pi_t maps as the Oracle's pi does (t=0: identity)
+    pa.field("source_train_seconds", pa.float64()), pa.field("oracle_agreement", pa.float64()),
     *PROVENANCE,
+])
+
+# The cost of one transfer beside its source's training (experiments/reproduce_mnist.py): wall seconds and
+# where they went, the first layer's relative movement ||W1^T - W1^0|| / ||W1^0||, accuracies.
+COSTS_SCHEMA = pa.schema([
+    pa.field("lr", pa.float64()), pa.field("T", pa.int64()), pa.field("schedule", pa.string()),
+    pa.field("method", pa.string()), pa.field("seed_source", pa.int64()), pa.field("seed_target", pa.int64()),
+    pa.field("transfer_seconds", pa.float64()), pa.field("source_train_seconds", pa.float64()),
+    pa.field("fraction_of_training", pa.float64()), pa.field("gradients", pa.float64()),
+    pa.field("cost_products", pa.float64()), pa.field("solves", pa.float64()), pa.field("evaluation", pa.float64()),
+    pa.field("first_layer_ratio", pa.float64()), pa.field("final_val_acc", pa.float64()),
+    pa.field("source_val_acc", pa.float64()),
 ])
 
 # Subsequent training (paper Sec. 4.2): one row per (start, epoch); start is a method or "standard".

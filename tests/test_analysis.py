@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import ltray
-from ltray import analysis
-from ltray.analysis import SubsequentConfig, pair_trajectories, subsequent_training, transfer_all
-from ltray.experiment import preset
+from ltray.analysis import scenarios as analysis
+from ltray.analysis.scenarios import pair_trajectories, subsequent_training, transfer_all
+from ltray.config import FinetuneConfig
+from ltray.analysis.script import preset
 from ltray.models import build_model
-from ltray.pipeline import ModelConfig
-from ltray.pretrained import fresh_head, head_keys, with_head
-from ltray.results import PATH_SCHEMA, PLANE_SCHEMA, SCENARIO_TRANSFER_SCHEMA, SUBSEQUENT_SCHEMA
+from ltray.config import ModelConfig
+from ltray.analysis.pretrained import fresh_head, head_keys, with_head
+from ltray.results import PATH_SCHEMA, PLANE_SCHEMA, TRANSFER_SCHEMA, SUBSEQUENT_SCHEMA
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -75,7 +76,7 @@ def test_pretrained_transfer_moves_the_head_delta_with_pi(pre, cache, monkeypatc
     assert torch.allclose(fgmt.final["fc2.weight"], theta2_0["fc2.weight"] + d["fc2.weight"][:, pi], atol=1e-6)
     assert torch.allclose(fgmt.final["fc2.bias"], theta2_0["fc2.bias"] + d["fc2.bias"], atol=1e-6)
     # subsequent training starts where the transfer's best step was
-    rows = pd.DataFrame(subsequent_training(scenario, data, run, SubsequentConfig(epochs=1), "test"))
+    rows = pd.DataFrame(subsequent_training(scenario, data, run, FinetuneConfig(epochs=1), "test"))
     start = rows[rows.epoch == 0].set_index("start")
     assert start.loc["fgmt", "val_acc"] == pytest.approx(max(fgmt.val_acc[1:]))
     assert start.loc["fgmt", "start_step"] == fgmt.best_step
@@ -100,7 +101,7 @@ def _script(name: str):
 
 
 def _smoke(name, out, cache, *extra):
-    from ltray.experiment import main
+    from ltray.analysis.script import main
 
     module = _script(name)
     return main(module.body, module.__doc__, name, argv=["--smoke", "--out", str(out), "--cache", str(cache),
@@ -117,16 +118,14 @@ def _read(path, schema):
 @pytest.mark.parametrize("scenario", ["random", "pretrained"])
 def test_transfer_curves_smoke(tmp_path, cache, scenario):
     assert _smoke("transfer_curves", tmp_path, cache, "--scenario", scenario) == 0
-    df = _read(tmp_path / f"{scenario}_w32_transfer.parquet", SCENARIO_TRANSFER_SCHEMA)
+    df = _read(tmp_path / f"{scenario}_w32_transfer.parquet", TRANSFER_SCHEMA)
     assert set(df.method) == set(ltray.METHODS) and df.seed_source.nunique() == 2
     assert len(df) == 4 * 2 * 5 and set(df.scenario) == {scenario}
     first = df[df.t == 1].groupby("seed_source")
     assert all((g.set_index("method").val_acc["gmt"] == g.set_index("method").val_acc["fgmt"]) for _, g in first)
     assert (tmp_path / f"{scenario}_w32_transfer.png").stat().st_size > 10_000
-    assert (df[df.method == "oracle"].query("t >= 1").oracle_agreement == 1.0).all()
-    naive = df[df.method == "naive"]   # the identity at every step: a constant, small share per seed pair
-    assert (naive.groupby("seed_source").oracle_agreement.nunique() == 1).all()
-    assert naive.oracle_agreement.between(0, 0.5).all()
+    naive = df[df.method == "naive"]   # the identity: the share of units the Oracle's pi leaves in place (~1/64)
+    assert naive.oracle_agreement.between(0, 0.5).all() and df.oracle_agreement.between(0, 1).all()
 
 
 def test_subsequent_training_smoke(tmp_path, cache):
@@ -141,10 +140,12 @@ def test_mode_connectivity_smoke(tmp_path, cache):
     assert _smoke("mode_connectivity", tmp_path, cache, "--seeds", "1") == 0
     paths = _read(tmp_path / "random_w32_paths.parquet", PATH_SCHEMA)
     assert set(paths.case) == {"source", "trained"} and len(paths) == 4 * 2 * 7
-    # Oracle's pi_T theta1^T and its transferred theta2^T differ by theta2^0 - pi theta1^0; Trained <-> Oracle
-    # path ends (alpha = 1) at the transferred point for both cases
-    ends = paths[paths.alpha == 1.0].groupby("method").loss.nunique()
-    assert (ends == 1).all()
+    # every path's barrier is its largest rise above the straight line between its two end losses
+    for _, path in paths.groupby(["case", "method", "seed_source"]):
+        path = path.sort_values("alpha")
+        a, loss = path.alpha.to_numpy(), path.loss.to_numpy()
+        line = (1 - a) * loss[0] + a * loss[-1]
+        assert path.barrier.iloc[0] == pytest.approx(max(0.0, float((loss - line).max())), abs=1e-9)
     planes = _read(tmp_path / "random_w32_plane.parquet", PLANE_SCHEMA)
     assert sorted(planes.point.dropna()) == ["fgmt", "oracle", "trained"] and planes.point.isna().sum() == 49
     assert (tmp_path / "random_w32_plane.png").exists() and (tmp_path / "random_w32_paths.png").exists()
@@ -152,7 +153,7 @@ def test_mode_connectivity_smoke(tmp_path, cache):
 
 def test_ablations_smoke(tmp_path, cache):
     assert _smoke("ablations", tmp_path, cache, "--seeds", "1") == 0
-    df = _read(tmp_path / "random_w32_ablation.parquet", SCENARIO_TRANSFER_SCHEMA)
+    df = _read(tmp_path / "random_w32_ablation.parquet", TRANSFER_SCHEMA)
     variants = set(zip(df.trajectory, df.schedule.fillna("-")))
     assert variants == {("linear", "cosine"), ("linear", "uniform"), ("actual", "-")}
     # Naive's last point theta2^0 + (theta1^T - theta1^0) does not depend on the trajectory used
@@ -161,7 +162,7 @@ def test_ablations_smoke(tmp_path, cache):
     # the figure can be redrawn from the Parquet alone
     png = tmp_path / "random_w32_ablation.png"
     png.unlink()
-    from ltray.experiment import replot
+    from ltray.analysis.summaries import replot
     assert replot(tmp_path) == [png] and png.stat().st_size > 10_000
 
 
@@ -172,7 +173,7 @@ def test_ablations_smoke(tmp_path, cache):
     (["--smoke", "--solver", "magic"], "unknown assignment solver"),
 ])
 def test_scripts_reject_bad_input_in_one_line(tmp_path, capsys, argv, match):
-    from ltray.experiment import main
+    from ltray.analysis.script import main
 
     module = _script("transfer_curves")
     assert main(module.body, module.__doc__, "transfer", argv=[*argv, "--out", str(tmp_path / "o")]) == 2

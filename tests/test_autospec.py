@@ -1,4 +1,4 @@
-"""ltray.autospec: specs derived from one recorded forward pass keep f(x; pi theta) == f(x; theta), equal the
+"""ltray.core.autospec: specs derived from one recorded forward pass keep f(x; pi theta) == f(x; theta), equal the
 hand-written specs of ltray's models, and let weight matching recover a planted permutation."""
 import warnings
 from functools import cache
@@ -10,10 +10,11 @@ from torch import nn
 from torch.func import functional_call
 
 import ltray
-from ltray.autospec import FrozenAxesWarning, derive_spec, verify_spec
+from ltray.core.autospec import FrozenAxesWarning, derive_spec, verify_spec
 from ltray.errors import LtrayError
 from ltray.models import resolve_model
-from ltray.symmetry import PermutationSpec, mlp_spec, resnet18_spec
+from ltray.core.specs import mlp_spec, resnet18_spec
+from ltray.core.symmetry import PermutationSpec
 
 
 class ResidualMLP(nn.Module):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ltray
-from ltray.matching import Matcher
+from ltray.core.matching import Matcher
 
 
 def _planted(name, **kw):
@@ -71,7 +71,7 @@ def test_one_hidden_layer_is_the_exact_optimum():
 
 def test_factored_linear_gradients_give_the_same_scores():
     """The B x B kernel route (d2.T (x2 x1.T) d1) equals the dense gradient products, depth 1 and 2."""
-    from ltray.train import gradient
+    from ltray.core.functional import gradient
 
     for depth in (1, 2):
         model = ltray.build_model("mlp", image_size=8, width=96, depth=depth, seed=0)
@@ -141,7 +141,7 @@ def test_accumulated_scores_are_the_weighted_sum_of_per_tensor_products(dtype):
 def test_segmented_axes_score_their_blocks_as_rows():
     """Group A's score from a segmented axis is the product of the reshaped piece's rows (an independent
     oracle), and a planted permutation is recovered through blocked and concatenated axes."""
-    from ltray.symmetry import PermutationSpec
+    from ltray.core.symmetry import PermutationSpec
 
     gen = torch.Generator().manual_seed(6)
     axes = {"w": ("H", ((None, 2), ("A", 3), ("B", 1))), "a": ("A",), "b": ("B",), "h": ("H",),

@@ -5,7 +5,7 @@ from torch.func import functional_call
 
 import ltray
 from ltray.errors import LtrayError
-from ltray.symmetry import PermutationSpec, check_spec
+from ltray.core.symmetry import PermutationSpec, check_spec
 
 CASES = [
     ("mlp", dict(num_classes=10, in_channels=1, image_size=8, width=32)),

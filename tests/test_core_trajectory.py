@@ -7,7 +7,7 @@ import torch
 
 import ltray
 from ltray.errors import LtrayError
-from ltray.trajectory import Layout, Trajectory, lambda_schedule, load_trajectory, save_trajectory
+from ltray.core.trajectory import Layout, Trajectory, lambda_schedule, load_trajectory, save_trajectory
 
 
 def test_uniform_schedule():

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 import ltray
-from ltray.fasteval import FirstLayerCache
+from ltray.core.first_layer import FirstLayerCache
 from ltray.models import state_of
-from ltray.pipeline import DataConfig, ModelConfig, train_source, transfer_pair
-from ltray.train import gradient, reset_bn_stats
-from ltray.transfer import TransferConfig, transfer
+from ltray.config import DataConfig, ModelConfig
+from ltray.runs import train_source, transfer_pair
+from ltray.core.functional import gradient, reset_bn_stats
+from ltray.config import TransferConfig
+from ltray.core.transfer import transfer
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +59,31 @@ def test_naive_final_is_theta2_plus_source_delta_exactly(digits, source):
         assert torch.equal(result.final[k], theta2[k] + (last[k] - first[k]))
 
 
-def test_fgmt_follows_a_planted_permutation(digits, source):
-    """theta2^0 = pi* theta1^0: every transferred step must be pi* theta1^t."""
+@pytest.mark.parametrize("method", ["gmt", "fgmt"])
+def test_gmt_and_fgmt_follow_a_planted_permutation_at_every_step(digits, source, method):
+    """theta2^0 = pi* theta1^0: every transferred step must be pi* theta1^t (T > 1, so GMT's recomputed
+    gradients under pi_{s-1} are exercised too)."""
     model = _model(digits, 0)
     spec = ltray.spec_for(model)
     planted = ltray.random_permutation(spec, seed=9)
     theta2 = ltray.apply_permutation(spec, planted, source.state(0))
     seq = source.linear(3, "uniform")
-    result = transfer("fgmt", model, spec, seq, theta2, digits, TransferConfig(T=3, schedule="uniform"), seed=1)
+    result = transfer(method, model, spec, seq, theta2, digits, TransferConfig(T=3, schedule="uniform"), seed=1)
+    assert len(result.perms) == 3
     for perm in result.perms:
         assert torch.equal(perm["P_fc1"], planted["P_fc1"])
     expected = ltray.apply_permutation(spec, planted, seq[3])
     assert all(torch.allclose(result.final[k], expected[k], atol=1e-6) for k in expected)
     assert result.val_acc[3] == pytest.approx(ltray.evaluate(model, seq[3], digits.val)[1])
+
+
+def test_gmt_recomputes_every_gradient_and_fgmt_caches_them(digits, source):
+    """Algorithm 1 computes s gradient pairs at step s (T(T+1)/2 in all), Algorithm 2 one per step (T)."""
+    model = _model(digits, 1000)
+    cfg = TransferConfig(T=4, batch_size=32)
+    counts = {m: transfer(m, model, ltray.spec_for(model), source.linear(4), state_of(model), digits, cfg,
+                          seed=2).gradient_pairs for m in ("gmt", "fgmt", "naive")}
+    assert counts == {"gmt": 4 * 5 // 2, "fgmt": 4, "naive": 0}
 
 
 def test_oracle_recovers_the_permutation_of_a_permuted_trajectory(digits, source):
@@ -103,19 +117,25 @@ def test_gradient_in_chunks_equals_one_batch(digits):
     assert set(whole) == {k for k, _ in model.named_parameters()}
 
 
-def test_bn_reset_is_the_exact_mean_over_samples():
+def test_bn_reset_statistics_in_one_batch_and_in_several():
     from ltray.data import Split
 
     model = ltray.build_model("resnet18", in_channels=1, image_size=8)
     gen = torch.Generator().manual_seed(0)
     split = Split(torch.randn(40, 1, 8, 8, generator=gen) * 3 + 1, torch.zeros(40, dtype=torch.long))
     state = reset_bn_stats(model, state_of(model), split, 40, batch_size=40, generator=gen)
-    x = split.x
-    mean = torch.nn.functional.conv2d(x, state["conv1.weight"], padding=1).mean(dim=(0, 2, 3))
-    assert torch.allclose(state["bn1.running_mean"], mean, atol=1e-5)
-    # in chunks, the cumulative average of the chunk means is the same number
-    chunked = reset_bn_stats(model, state_of(model), split, 40, batch_size=10, generator=gen)
-    assert torch.allclose(chunked["bn1.running_mean"], mean, atol=1e-5)
+    inputs = torch.nn.functional.conv2d(split.x, state["conv1.weight"], padding=1)   # bn1's inputs
+    per_channel = inputs.transpose(0, 1).reshape(inputs.shape[1], -1)
+    assert torch.allclose(state["bn1.running_mean"], per_channel.mean(1), atol=1e-5)       # one batch: exact
+    assert torch.allclose(state["bn1.running_var"], per_channel.var(1, unbiased=True), rtol=1e-4)
+    # four batches of 10 (in the order the loader draws them): the average of the per-batch statistics
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(7))
+    chunked = reset_bn_stats(model, state_of(model), split, 40, batch_size=10,
+                             generator=torch.Generator().manual_seed(7))
+    batches = [inputs[order[i:i + 10]].transpose(0, 1).reshape(inputs.shape[1], -1) for i in range(0, 40, 10)]
+    assert torch.allclose(chunked["bn1.running_mean"], per_channel.mean(1), atol=1e-5)    # equal sizes: exact
+    assert torch.allclose(chunked["bn1.running_var"], torch.stack([b.var(1) for b in batches]).mean(0), rtol=1e-4)
+    assert not torch.allclose(chunked["bn1.running_var"], per_channel.var(1), rtol=1e-3)   # not the pooled one
 
 
 def test_bn_model_transfer_runs_with_statistics_reset(digits):
@@ -153,7 +173,7 @@ def test_cached_first_layer_evaluation_matches_a_full_forward_pass(digits, sourc
 
 
 def test_learning_rate_warmup_then_cosine():
-    from ltray.train import _lr_at
+    from ltray.training import _lr_at
 
     cfg = ltray.TrainConfig(epochs=10, lr=0.1, cosine=True, warmup_epochs=2)
     assert _lr_at(cfg, 1.0) == pytest.approx(0.05)                    # linear warm-up
@@ -164,7 +184,7 @@ def test_learning_rate_warmup_then_cosine():
 
 
 def test_snapshot_schedule_restarts_a_cosine_in_every_cycle():
-    from ltray.train import _lr_at
+    from ltray.training import _lr_at
 
     cfg = ltray.TrainConfig(epochs=12, lr=0.1, cycles=4)              # 4 cycles of 3 epochs (Huang et al. 2017)
     for start in (0.0, 3.0, 6.0, 9.0):
@@ -176,7 +196,8 @@ def test_snapshot_schedule_restarts_a_cosine_in_every_cycle():
 
 
 def test_finetune_epochs_yields_each_epoch_and_a_longer_run_extends_a_shorter_one(digits):
-    from ltray.train import FinetuneConfig, finetune_epochs
+    from ltray.config import FinetuneConfig
+    from ltray.training import finetune_epochs
 
     model = _model(digits, 4)
     for optimizer in ("adam", "sgd"):

@@ -11,14 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from ltray import engine
-from ltray.cli import main as ltray_main, pair_rows
+from ltray.cli import main as ltray_main
+from ltray.distributed import engine
 from ltray.errors import LtrayError
-from ltray.pipeline import DataConfig, ModelConfig, train_source
+from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
+from ltray.core.trajectory import Layout, Trajectory
 from ltray.results import config_hash
-from ltray.train import TrainConfig
-from ltray.trajectory import Layout, Trajectory
-from ltray.transfer import TransferConfig
+from ltray.runs import pair_rows, train_source
 
 # Tasks defined in this file run on Ray workers, which cannot import test modules: ship them by value.
 import ray.cloudpickle  # noqa: E402
@@ -86,7 +85,7 @@ def test_tasks_read_one_stored_copy_of_a_trajectory(ray_session, digits):
 def test_store_loads_a_trajectory_file_and_names_what_it_holds(ray_session, source, tmp_path):
     import ray
 
-    from ltray.trajectory import save_trajectory
+    from ltray.core.trajectory import save_trajectory
 
     path = tmp_path / "source.safetensors"
     save_trajectory(source, path)
@@ -213,11 +212,9 @@ def test_transfer_command_fans_seed_pairs_out_through_ray(ray_session, tmp_path,
 TWO_NODES = textwrap.dedent("""
     import json, torch, ray
     from ray.cluster_utils import Cluster
-    from ltray import engine
-    from ltray.cli import pair_rows
-    from ltray.pipeline import DataConfig, ModelConfig, train_source
-    from ltray.train import TrainConfig
-    from ltray.transfer import TransferConfig
+    from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
+    from ltray.distributed import engine
+    from ltray.runs import pair_rows, train_source
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)

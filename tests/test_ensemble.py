@@ -7,9 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ltray.ensemble import KINDS, Recipe, assemble, check, main, plan
+from ltray.cli import main as ltray_main
+from ltray.ensemble.recipe import KINDS, Recipe, assemble, check, plan
 from ltray.errors import LtrayError
-from ltray.members import Member
+from ltray.ensemble.members import Member
+
+def main(argv: list[str]) -> int:
+    return ltray_main(["ensemble", *argv])
+
 
 SMALL = ["--width", "32", "--epochs", "4", "--T", "3", "--no-progress", "--no-plot"]
 REQUIRED = ["kind", "method", "size", "sources", "finetune_epochs", "repeat", "test_acc", "test_nll", "test_ece",

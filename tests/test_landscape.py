@@ -9,13 +9,14 @@ from torch import nn
 import ltray
 from ltray.cli import main
 from ltray.errors import LtrayError
-from ltray.landscape import (Evaluator, interpolate, linear_path, loss_barrier, plane, plane_grid, plane_surface,
+from ltray.analysis.landscape import (Evaluator, interpolate, linear_path, loss_barrier, plane, plane_grid, plane_surface,
                              save_state)
 from ltray.models import state_of
-from ltray.pipeline import DataConfig, ModelConfig, train_source
+from ltray.config import DataConfig, ModelConfig
+from ltray.core.functional import evaluate, reset_bn_stats
+from ltray.core.trajectory import save_trajectory
 from ltray.results import PATH_SCHEMA, PLANE_SCHEMA
-from ltray.train import evaluate, reset_bn_stats
-from ltray.trajectory import save_trajectory
+from ltray.runs import train_source
 
 
 @pytest.fixture(scope="module")

@@ -213,8 +213,9 @@ def recorded_gradient_matrix():
     """A real FGMT score matrix: 4 steps of gradient pairs of a digits 2-MLP (width 256), recorded here."""
     import ltray
     from ltray.models import state_of
-    from ltray.pipeline import DataConfig, ModelConfig, train_source
-    from ltray.transfer import TransferConfig, TransferContext
+    from ltray.config import DataConfig, ModelConfig, TransferConfig
+    from ltray.core.transfer import TransferContext
+    from ltray.runs import train_source
 
     data = ltray.load_dataset("digits")
     src = train_source(data, DataConfig("digits"), ModelConfig("mlp", 256), ltray.TrainConfig(epochs=3, lr=0.1),
@@ -255,7 +256,7 @@ def test_auto_uses_the_auction_from_its_cpu_size_and_keeps_its_state(monkeypatch
 
 def test_compiled_candidate_lists_do_not_depend_on_the_thread_count():
     """The one parallel kernel (candidate lists of all rows) splits rows across torch's thread count."""
-    from ltray import _auction_jit
+    from ltray.lap import _auction_jit
 
     a = _gen("hetero", 301, seed=13).float().numpy()
     p = np.random.default_rng(0).random(301)
@@ -292,7 +293,7 @@ def test_the_compiled_auction_leaves_torch_thread_count_alone():
 def test_compiled_row_scan_finds_the_k_largest(n, k1, ties):
     """_row_top (lane maxima threshold, compaction, quickselect; a plain scan when k1 > 32 or n < 64) returns
     the k1 largest a_ij - p_j: largest first, second largest next, k1-th largest last, distinct columns."""
-    from ltray import _auction_jit
+    from ltray.lap import _auction_jit
 
     rng = np.random.default_rng(n * 100 + k1)
     a = rng.integers(0, 3, (8, n)).astype(np.float32) if ties else rng.standard_normal((8, n)).astype(np.float32)

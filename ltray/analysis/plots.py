@@ -16,8 +16,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from .results import summarise
-from .trajectory import atomic_path
+from ..core.trajectory import atomic_path
+from ..results import summarise
 
 # One colour and name per transfer method / start point, the same in every figure.
 COLORS = {"naive": "tab:gray", "oracle": "black", "gmt": "tab:blue", "fgmt": "tab:orange", "standard": "tab:green",

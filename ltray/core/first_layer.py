@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .data import Split
-from .models import MLP
+from ..data import Split
+from ..models import MLP
 from .symmetry import Permutation, PermutationSpec
 from .trajectory import State
 

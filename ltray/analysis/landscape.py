@@ -1,4 +1,4 @@
-"""Mode connectivity (paper Sec. 4.3) and the `ltray landscape` command.
+"""Mode connectivity (paper Sec. 4.3), behind `ltray landscape` and the analyses: paths, barriers, planes.
 
 1-D: loss and accuracy along the linear path (1 - alpha) a + alpha b, and its loss barrier
      max_alpha [L(alpha) - ((1 - alpha) L(0) + alpha L(1))]  (Frankle et al. 2020; >= 0 up to noise).
@@ -12,9 +12,7 @@ not describe the averaged network (REPAIR, Jordan et al. 2023).
 """
 from __future__ import annotations
 
-import argparse
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Split
-from .errors import LtrayError
-from .models import has_batchnorm
-from .train import evaluate, reset_bn_stats
-from .trajectory import State
+from ..core.functional import evaluate, reset_bn_stats
+from ..core.trajectory import State
+from ..data import Split
+from ..errors import LtrayError
+from ..models import has_batchnorm
 
 
 # ---- pure functions over state dicts -------------------------------------------------------------------
@@ -192,7 +190,7 @@ def surface_array(rows: Sequence[dict], value: str = "loss") -> tuple[np.ndarray
     return us, vs, z
 
 
-# ---- `ltray landscape` ---------------------------------------------------------------------------------
+# ---- points as files (`ltray landscape`) -------------------------------------------------------------------
 
 def save_state(state: State, path: str | os.PathLike, meta: Mapping | None = None) -> Path:
     """One parameter as safetensors (atomic), with an optional JSON header, readable by `ltray landscape`."""
@@ -200,7 +198,7 @@ def save_state(state: State, path: str | os.PathLike, meta: Mapping | None = Non
 
     from safetensors.torch import save_file
 
-    from .trajectory import atomic_path
+    from ..core.trajectory import atomic_path
 
     path = Path(path)
     tmp = atomic_path(path)
@@ -220,7 +218,7 @@ def load_point(spec: str) -> tuple[State, dict]:
 
     from safetensors import safe_open
 
-    from .trajectory import load_trajectory
+    from ..core.trajectory import load_trajectory
 
     path, _, index = spec.rpartition("@") if "@" in spec and spec.rpartition("@")[2].lstrip("-").isdigit() \
         else (spec, "", "")
@@ -243,102 +241,3 @@ def load_point(spec: str) -> tuple[State, dict]:
     if not -len(traj) <= k < len(traj):
         raise LtrayError(f"point {spec}: trajectory has checkpoints 0..{len(traj) - 1}")
     return traj.state(k), dict(traj.meta)
-
-
-def register(subparsers) -> None:
-    from .cli import add_data_args
-
-    p = subparsers.add_parser(
-        "landscape", help="loss along the line between 2 parameters, or on the plane through 3",
-        description="Two POINTs: loss/accuracy along the linear path and its loss barrier (path.parquet, "
-                    "path.png). Three POINTs: loss surface on their plane (plane.parquet, plane.png). "
-                    "A POINT is FILE (a state saved as safetensors, or the last checkpoint of a trajectory "
-                    "from `ltray train`) or FILE@k (checkpoint k of a trajectory).")
-    p.add_argument("points", nargs="+", metavar="POINT")
-    p.add_argument("--labels", default=None, help="comma-separated point names (default A,B,C)")
-    p.add_argument("--grid", type=int, default=None, help="points along the path (default 25) or per plane axis "
-                   "(default 21); at least 2")
-    p.add_argument("--margin", type=float, default=0.2, help="plane: widen the box around the points by this "
-                   "fraction of its span on each side (default 0.2)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="val", help="split evaluated (default val)")
-    p.add_argument("--bn-samples", type=int, default=256, help="samples to reset BatchNorm statistics per point")
-    add_data_args(p)
-    g = p.add_argument_group("model (default: from the first point's header, else the dataset preset)")
-    g.add_argument("--model", default=None)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument("--depth", type=int, default=None)
-    g.add_argument("--device", default=None)
-    p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=cmd_landscape)
-
-
-def cmd_landscape(args: argparse.Namespace) -> None:
-    from .cli import check_out_dir
-    from .pipeline import DataConfig, ModelConfig, check_names, default_device, with_preset
-    from .plots import path_figure, plane_figure, save_figure
-    from .results import PATH_SCHEMA, PLANE_SCHEMA, config_hash, provenance, write_parquet
-    from .trajectory import atomic_path
-
-    # Validate everything before any work, so bad input leaves no output behind.
-    if len(args.points) not in (2, 3):
-        raise LtrayError(f"give 2 points (a path) or 3 points (a plane), got {len(args.points)}")
-    grid = args.grid if args.grid is not None else (25 if len(args.points) == 2 else 21)
-    if grid < 2:
-        raise LtrayError(f"--grid must be at least 2, got {grid}")
-    if not args.margin >= 0 or args.bn_samples < 1:
-        raise LtrayError(f"--margin must be >= 0 and --bn-samples >= 1, got {args.margin} and {args.bn_samples}")
-    labels = [s.strip() for s in args.labels.split(",")] if args.labels else ["A", "B", "C"][:len(args.points)]
-    if len(labels) != len(args.points) or len(set(labels)) != len(labels) or not all(labels):
-        raise LtrayError(f"--labels needs {len(args.points)} distinct names, got {args.labels!r}")
-    check_names(args.dataset, args.model)
-    out = check_out_dir(args.out)
-    loaded = [load_point(s) for s in args.points]
-    points = {name: state for name, (state, _) in zip(labels, loaded)}
-    check_same_architecture(points)
-    header = loaded[0][1]
-    preset = with_preset(args.dataset)["model"]
-    model_cfg = ModelConfig(args.model or header.get("model") or preset.name,
-                            args.width or header.get("width") or (preset.width if not args.model else None),
-                            args.depth or header.get("depth") or 1)
-    data_cfg = DataConfig(args.dataset, args.data_root, args.download, args.classes, args.max_train)
-    data = data_cfg.load()
-    model = model_cfg.build(data, 0)
-    problem = architecture_mismatch(model.state_dict(), points[labels[0]])
-    if problem:
-        raise LtrayError(f"the points do not fit {model_cfg.name} width {model_cfg.width} on {args.dataset} "
-                         f"(model vs points: {problem}); pass --model/--width/--depth")
-    device = args.device or default_device()
-    points = {k: {n: t.to(device) for n, t in s.items()} for k, s in points.items()}
-    evaluator = Evaluator(model.to(device), getattr(data, args.split), data.train, args.bn_samples)
-    classes = ",".join(map(str, args.classes)) if args.classes else None
-    common = dict(scenario=None, dataset=args.dataset, classes=classes,
-                  pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name, width=model_cfg.width,
-                  source_lr=None,
-                  seed_source=None, seed_target=None, split=args.split,
-                  **provenance(config_hash(data_cfg, model_cfg, {"points": args.points, "grid": grid,
-                                                                 "margin": args.margin, "split": args.split})))
-    t0 = time.perf_counter()
-    if len(labels) == 2:
-        rows = [dict(r, point_a=labels[0], point_b=labels[1], method=None, case=None, **common)
-                for r in linear_path(evaluator, points[labels[0]], points[labels[1]], grid)]
-        fig, name, schema = path_figure(rows), "path", PATH_SCHEMA
-        summary = (f"loss {rows[0]['loss']:.4g} -> {rows[-1]['loss']:.4g}, max {max(r['loss'] for r in rows):.4g}, "
-                   f"barrier {rows[0]['barrier']:.4g}; acc {rows[0]['acc']:.2f} -> {rows[-1]['acc']:.2f}, "
-                   f"min {min(r['acc'] for r in rows):.2f}")
-    else:
-        grid_rows, anchors = plane_surface(evaluator, points, grid, args.margin)
-        rows = [dict(r, point=None, **common) for r in grid_rows] + [dict(a, **common) for a in anchors]
-        fig, name, schema = plane_figure(grid_rows, anchors, split=args.split), "plane", PLANE_SCHEMA
-        summary = (f"{grid}x{grid} grid, loss {min(r['loss'] for r in grid_rows):.4g}.."
-                   f"{max(r['loss'] for r in grid_rows):.4g}")
-    # Render the figure first (into a temp file), then publish Parquet and PNG.
-    png = atomic_path(out / f"{name}.png")
-    try:
-        save_figure(fig, png)
-        parquet = write_parquet(rows, schema, out / f"{name}.parquet")
-        os.replace(png, out / f"{name}.png")
-    finally:
-        png.unlink(missing_ok=True)
-    print(f"{summary}\nwrote {parquet} and {out / f'{name}.png'} ({len(rows)} rows, "
-          f"{time.perf_counter() - t0:.1f} s)")
-

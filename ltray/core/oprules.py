@@ -1,4 +1,4 @@
-"""How torch calls move permutation groups: the rules behind ltray.autospec.
+"""How torch calls move permutation groups: the rules behind ltray.core.autospec.
 
 Every axis of every tensor of a recorded forward pass gets a label: segments (var, block) laid end to end, each
 covering size(var) * block entries, vars being candidate permutation groups in a union-find (`Groups`). A Linear

@@ -17,15 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LtrayError
+from ..config import SWEEP_OBJECTIVES
+from ..errors import LtrayError
 
 EXPERIMENT = "sweep"  # Tune's experiment name under the storage path
 
 # objective -> what it measures (all on the validation split, in %; higher is better)
-OBJECTIVES = {"best_val_acc": "best accuracy along the transferred trajectory (t >= 1)",
-              "final_val_acc": "accuracy of the last transferred step theta2^T",
-              "finetuned_val_acc": "accuracy after fine-tuning the best step with Adam (searches finetune_lr)"}
-
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -37,8 +34,7 @@ class SearchSpace:
     finetune_lr: tuple[float, float] = (1e-5, 1e-3)
 
     def __post_init__(self):
-        from .trajectory import SCHEDULES
-        from .transfer import METHODS
+        from ..config import METHODS, SCHEDULES
 
         for f in fields(self):
             values = getattr(self, f.name)
@@ -128,9 +124,9 @@ def evaluate_config(data, source, config: dict, *, model_cfg, train_cfg, transfe
     import time
     from dataclasses import replace
 
-    from .pipeline import transfer_pair
-    from .results import derive_seed
-    from .train import finetune
+    from ..results import derive_seed
+    from ..runs import transfer_pair
+    from ..training import finetune
 
     t0 = time.perf_counter()
     cfg = replace(transfer_cfg, T=int(config["T"]), batch_size=int(config["batch_size"]), schedule=config["schedule"])
@@ -161,49 +157,14 @@ def trial(config: dict, data, source, setup: dict) -> None:
 
 # ---- the command ---------------------------------------------------------------------------------------------
 
-def register(subparsers) -> None:
-    from .cli import add_data_args, add_model_args, positive_int
-    from .engine import add_ray_args
-
-    p = subparsers.add_parser("sweep", help="Ray Tune search over T, batch size, schedule and method")
-    p.set_defaults(func=cmd_sweep)
-    add_data_args(p); add_model_args(p)
-    g = p.add_argument_group("search space (comma-separated choices; flags override --space)")
-    g.add_argument("--space", default=None, help="JSON/YAML file: {parameter: [choices]}, finetune_lr: [low, high]")
-    g.add_argument("--T", "--t", dest="T", default=None, help="trajectory lengths (default 5,10,20)")
-    g.add_argument("--batch-size", default=None, help="gradient batch sizes B (default 64,128,256)")
-    g.add_argument("--schedule", default=None, help="lambda schedules (default uniform,cosine)")
-    g.add_argument("--method", default=None, help="transfer methods (default gmt,fgmt)")
-    g.add_argument("--finetune-lr", default=None, help="Adam lr range low,high (default 1e-5,1e-3); searched "
-                   "only with --objective finetuned_val_acc")
-    g = p.add_argument_group("sweep")
-    g.add_argument("--objective", default="best_val_acc", help="metric to maximise: " + "; ".join(
-        f"{k} ({v})" for k, v in OBJECTIVES.items()) + " (default best_val_acc)")
-    g.add_argument("--num-samples", type=positive_int, default=8, help="trials (default 8)")
-    g.add_argument("--finetune-epochs", type=positive_int, default=10, help="Adam epochs for finetuned_val_acc")
-    g.add_argument("--trajectory-kind", default="linear", help="linear or actual source trajectory")
-    g.add_argument("--loader-batch-size", type=positive_int, default=128)
-    g.add_argument("--bn-samples", type=positive_int, default=None)
-    g.add_argument("--solver", default="auto", help="assignment solver (see ltray.lap.SOLVERS)")
-    g.add_argument("--trajectory", default=None, help="sweep transfers of this saved source instead of training one")
-    g.add_argument("--seed", type=int, default=0, help="source seed (target: seed+1000) and search seed")
-    g.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out (its saved "
-                   "configuration is used; other sweep flags are ignored)")
-    g.add_argument("--out", default="runs/sweep", help="output directory (default runs/sweep)")
-    g.add_argument("--storage", default=None, help="Tune's storage_path: s3://..., gs://... or a path every node "
-                   "mounts (needed across nodes; default DIR/tune)")
-    add_ray_args(p)
-
-
 def _setup_from_args(args: argparse.Namespace) -> dict:
     """Everything a sweep is, validated, as plain JSON-able data (saved in DIR/sweep.json for --resume)."""
-    from .cli import configs_from_args
-    from .lap import SOLVERS
-    from .pipeline import PRESETS, check_names
-    from .transfer import TransferConfig
+    from ..cli.args import configs_from_args
+    from ..config import PRESETS, TransferConfig, check_names
+    from ..lap import SOLVERS
 
-    if args.objective not in OBJECTIVES:
-        raise LtrayError(f"unknown objective {args.objective!r}; known: {', '.join(OBJECTIVES)}")
+    if args.objective not in SWEEP_OBJECTIVES:
+        raise LtrayError(f"unknown objective {args.objective!r}; known: {', '.join(SWEEP_OBJECTIVES)}")
     if args.solver not in SOLVERS:
         raise LtrayError(f"unknown assignment solver {args.solver!r}; known: {', '.join(SOLVERS)}")
     check_names(args.dataset, args.model)
@@ -225,9 +186,7 @@ def _setup_from_args(args: argparse.Namespace) -> dict:
 
 
 def _configs(setup: dict):
-    from .pipeline import DataConfig, ModelConfig
-    from .train import TrainConfig
-    from .transfer import TransferConfig
+    from ..config import DataConfig, ModelConfig, TrainConfig, TransferConfig
 
     d = dict(setup["data_cfg"], classes=tuple(setup["data_cfg"]["classes"]) if setup["data_cfg"]["classes"] else None)
     return (DataConfig(**d), ModelConfig(**setup["model_cfg"]), TrainConfig(**setup["train_cfg"]),
@@ -235,7 +194,7 @@ def _configs(setup: dict):
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from .cli import check_out_dir
+    from ..cli.args import check_out_dir
     from . import engine
 
     out = check_out_dir(args.out)
@@ -255,7 +214,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     source = _given_source(setup["trajectory"], out / "source.safetensors")
     data = data_cfg.load()
     if source is not None:
-        from .pipeline import check_trajectory
+        from ..runs import check_trajectory
         check_trajectory(source, model_cfg.build(data, 0), f"--trajectory {setup['trajectory']}")
     with engine.session(args.num_cpus, args.address):
         resources = engine.resolve(resources, args.device, args.gpus_per_task is not None)
@@ -272,7 +231,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def _given_source(trajectory: str | None, saved: Path):
     """The --trajectory file, or the source a previous run of this sweep trained and saved, or None."""
-    from .trajectory import load_trajectory
+    from ..core.trajectory import load_trajectory
 
     if trajectory:
         return load_trajectory(trajectory)
@@ -282,9 +241,9 @@ def _given_source(trajectory: str | None, saved: Path):
 def _train_source(data, data_cfg, model_cfg, train_cfg, seed: int, resources, path: Path):
     import warnings
 
+    from ..core.trajectory import save_trajectory
+    from ..runs import train_source
     from . import engine
-    from .pipeline import train_source
-    from .trajectory import save_trajectory
 
     ref = engine.submit(train_source, engine.put_data(data), resources, timed=False, data_cfg=data_cfg,
                         model_cfg=model_cfg, train_cfg=train_cfg, seed=seed, progress=False)
@@ -334,7 +293,7 @@ def _fit(storage: str, resume: bool, space: SearchSpace, setup: dict, data, sour
 def _publish(grid, setup: dict, source, data_cfg, model_cfg, out: Path) -> None:
     import pandas as pd
 
-    from .results import SWEEP_SCHEMA, config_hash, provenance, write_parquet
+    from ..results import SWEEP_SCHEMA, config_hash, provenance, write_parquet
 
     objective, run_id = setup["objective"], config_hash({k: v for k, v in setup.items() if k != "storage"})
     rows = []

@@ -10,14 +10,14 @@ group's score matrix, so those terms are summed once into `static` (for a one-hi
 whole problem, solved exactly by a single assignment). A tensor with two permuted axes (a hidden-to-hidden
 weight) contributes a term that depends on the neighbouring group's current permutation; those tensors are
 kept and recombined at each coordinate step. A piece of a segmented axis (a flattened or concatenated feature
-axis, see ltray.symmetry) counts like an axis: its n blocks of `block` entries are its group's n rows.
+axis, see ltray.core.symmetry) counts like an axis: its n blocks of `block` entries are its group's n rows.
 """
 from __future__ import annotations
 
 import torch
 
-from .lap import Assignment, solve_assignment
-from .train import LinearFactors
+from ..lap import Assignment, solve_assignment
+from .functional import LinearFactors
 from .symmetry import Permutation, PermutationSpec, Piece, identity_permutation, permute_axes_except, pieces
 
 Pair = dict[str, torch.Tensor]

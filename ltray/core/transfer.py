@@ -20,40 +20,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import DataBundle, batches
-from .fasteval import FirstLayerCache
-from .errors import LtrayError
+from ..config import METHODS, TransferConfig
+from ..data import DataBundle, batches
+from ..errors import LtrayError
+from ..models import has_batchnorm
+from .first_layer import FirstLayerCache
+from .functional import evaluate, gradient, reset_bn_stats
 from .matching import Matcher
-from .models import has_batchnorm
 from .symmetry import Permutation, PermutationSpec, apply_permutation, identity_permutation
-from .train import evaluate, gradient, reset_bn_stats
-from .trajectory import SCHEDULES, State
-
-METHODS = ("naive", "oracle", "gmt", "fgmt")
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    """Hyper-parameters of a transfer (paper B.3.3); defaults are the paper's MNIST setting."""
-    T: int = 10
-    schedule: str = "cosine"          # lambda schedule of the linear trajectory
-    trajectory: str = "linear"        # "linear" [theta^0 : theta^T] or "actual" checkpoints
-    batch_size: int = 128             # B: samples per gradient (a multiple of loader_batch_size is fine)
-    loader_batch_size: int = 128      # chunk in which a gradient batch is computed
-    bn_samples: int = 256             # B': samples used to reset BatchNorm statistics (BN models only)
-    solver: str = "auto"              # assignment solver, see ltray.lap (auto: fastest exact one)
-    max_iter: int = 100               # coordinate-descent sweeps per solve
-
-    def __post_init__(self):
-        if self.T < 1:
-            raise LtrayError(f"trajectory length T must be >= 1, got {self.T}")
-        if self.batch_size < 1 or self.loader_batch_size < 1 or self.bn_samples < 1:
-            raise LtrayError(f"batch sizes must be >= 1, got B={self.batch_size}, loader={self.loader_batch_size}, "
-                             f"B'={self.bn_samples}")
-        if self.schedule not in SCHEDULES:
-            raise LtrayError(f"unknown lambda schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
-        if self.trajectory not in ("linear", "actual"):
-            raise LtrayError(f"unknown trajectory kind {self.trajectory!r}; known: linear, actual")
+from .trajectory import State
 
 
 class Profile(defaultdict):
@@ -84,6 +59,7 @@ class TransferContext:
     profile: Profile = field(default_factory=Profile)
 
     def __post_init__(self):
+        self.gradient_pairs = 0          # (g2, g1) pairs computed: T for FGMT, T(T+1)/2 for GMT
         self.device = next(iter(self.theta2_0.values())).device
         self.delta0 = self.source[0]
         self._stream = self._batch_stream()
@@ -107,7 +83,9 @@ class TransferContext:
         return next(self._stream)
 
     def prepared(self, state: State) -> State:
-        """BatchNorm statistics recomputed over B' training samples (no-op for models without BN)."""
+        """BatchNorm statistics recomputed over B' training samples (no-op for models without BN): a transferred
+        theta2^t is a new point whose running statistics come from nowhere, so they are reset before it is
+        evaluated or returned (paper B.3.3, after REPAIR, Jordan et al. 2023)."""
         if not has_batchnorm(self.model):
             return state
         with self.profile.time("bn_reset"):
@@ -115,9 +93,10 @@ class TransferContext:
             return reset_bn_stats(self.model, state, self.data.train, self.cfg.bn_samples, gen)
 
     def gradient_pair(self, theta1: State, theta2: State) -> tuple[State, State]:
-        """(g2, g1) on the same mini-batch."""
+        """(g2, g1) on the same mini-batch. Gradients are taken in train mode, where BatchNorm normalises with the
+        batch's own statistics: the running statistics (and so B') play no part in them."""
         x, y = self.next_batch()
-        theta1, theta2 = self.prepared(theta1), self.prepared(theta2)
+        self.gradient_pairs += 1
         with self.profile.time("gradients"):
             chunk = self.cfg.loader_batch_size
             return (gradient(self.model, theta2, x, y, chunk, factored=True),
@@ -177,6 +156,7 @@ def gmt(ctx: TransferContext) -> Iterator[Permutation]:
 
 METHOD_FNS: dict[str, Callable[[TransferContext], Iterator[Permutation]]] = {
     "naive": naive, "oracle": oracle, "gmt": gmt, "fgmt": fgmt}
+assert tuple(METHOD_FNS) == METHODS, "ltray.config.METHODS names the methods defined here"
 
 
 @dataclass
@@ -191,6 +171,7 @@ class TransferResult:
     best: State                    # theta2^t at the best validation accuracy (t >= 1)
     best_step: int
     profile: dict[str, float]
+    gradient_pairs: int = 0        # gradient pairs the method computed
 
     def rows(self) -> list[dict]:
         return [{"method": self.method, "t": t, "lambda": float(self.lambdas[t]), "val_acc": self.val_acc[t],
@@ -239,4 +220,4 @@ def transfer(method: str, model: nn.Module, spec: PermutationSpec, source: Seque
             best_acc, best_step, best = acc, t, state
         final = state
     return TransferResult(method, lambdas, losses, accs, seconds, perms, ctx.prepared(final), ctx.prepared(best),
-                          best_step, dict(ctx.profile))
+                          best_step, dict(ctx.profile), ctx.gradient_pairs)

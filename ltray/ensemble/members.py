@@ -2,7 +2,7 @@
 
 Each function makes one *unit* (a training run or a transfer) and returns its members: a row of what it
 knows (MEMBERS_SCHEMA columns) and the member's softmax on the test split. The same call runs in-process or as
-a Ray task (ltray.engine). A unit is saved whole in one safetensors file, so a rerun skips it.
+a Ray task (ltray.distributed.engine). A unit is saved whole in one safetensors file, so a rerun skips it.
 
 Seconds are the wall time of the work that made a member, without evaluation:
 - a trained member after e epochs: its training up to epoch e;
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from .errors import LtrayError
-from .metrics import member_metrics
+from ..errors import LtrayError
+from ..metrics import member_metrics
 
 
 @dataclass
@@ -59,8 +59,8 @@ def trained_members(data, *, kind: str, model_cfg, train_cfg, seed: int, epochs:
                     device: str = "cpu") -> list[Member]:
     """Train from build_model(seed) (data order from `seed`) and return the checkpoints after each of `epochs`:
     kind "full" (an independently trained member) or "snapshot" (train_cfg.cycles > 1: the cycles' ends)."""
-    from .models import state_of
-    from .train import train
+    from ..models import state_of
+    from ..training import train
 
     model = model_cfg.build(data, seed).to(device)
     traj = train(model, state_of(model), data.train, train_cfg, seed, progress=False)
@@ -83,10 +83,10 @@ def transferred_members(data, *, model_cfg, train_cfg, transfer_cfg, finetune_cf
     """Transfer `source` onto build_model(seed), keep the best step (validation accuracy), fine-tune it for
     max(stages) epochs (its own data order) and return the member after each of `stages` fine-tuning epochs
     (0: the transferred parameters themselves)."""
-    from .models import has_batchnorm
-    from .pipeline import transfer_pair
-    from .results import derive_seed
-    from .train import finetune_epochs
+    from ..models import has_batchnorm
+    from ..results import derive_seed
+    from ..runs import transfer_pair
+    from ..training import finetune_epochs
 
     seed_source = int(source.meta.get("seed", 0))
     transfer_seed = derive_seed("transfer", seed_source, seed)
@@ -116,7 +116,7 @@ def save_unit(members: list[Member], path: Path) -> None:
     """All members of one unit in one safetensors file (probabilities + rows), written atomically."""
     from safetensors.numpy import save_file
 
-    from .trajectory import atomic_path
+    from ..core.trajectory import atomic_path
 
     tmp = atomic_path(path)
     try:

@@ -1,91 +1,19 @@
-"""Linear assignment solvers behind the matcher: maximise sum_i score[i, perm[i]] over permutations.
-
-Every solver takes a square score matrix (torch, any device) and returns an `Assignment`; the matcher
-passes the previous `Assignment` of the same group back as `warm`, so solvers that can reuse prices or
-duals across calls (FGMT's accumulated matrix changes little between steps) may do so.
-
-Solvers (``SOLVERS``):
-
-``"scipy"``
-    Exact: ``scipy.optimize.linear_sum_assignment`` on a float64 CPU copy.  No warm start.
-``"auction"``
-    Exact, certified.  An epsilon-scaling forward auction (Bertsekas; bidders are rows) computes
-    column prices ``p`` and an assignment satisfying eps-complementary slackness (eps-CS).  Then, on
-    the ORIGINAL matrix, the duals ``u_i = max_j (a_ij - p_j)`` give the duality gap
-    ``G = sum_i u_i + sum_j p_j - objective >= optimum - objective >= 0``.  Reduced costs
-    ``u_i + p_j - a_ij`` are >= 0 and any assignment's reduced costs sum to ``dual - its objective``,
-    so every optimal assignment only uses edges of reduced cost <= G.  Either G is at float-rounding
-    level (the auction's assignment is certified optimal as is), or the problem restricted to those
-    few edges is solved exactly by scipy's sparse Jonker-Volgenant (LAPJVsp,
-    ``min_weight_full_bipartite_matching``), and its optimum is a global optimum.  If anything goes
-    wrong (bid/round limit, too many edges, no full matching) it falls back to scipy's dense solver
-    (on the reduced costs, which is the same problem and faster with good prices).
-    ``gap_bound`` is 0.0: optimal up to float64 rounding.  The final eps of exact mode is
-    ``EXACT_EPS_REL[backend] * (max - min) / n``: compiled phases are cheap, and a smaller eps leaves the
-    sparse finish only a few edges per row.
-``"auction-eps"``
-    Approximate: the same auction stopped at a final ``eps`` (default ``1e-6 * (max - min) / n``;
-    raised to a float floor of about 1e3 ulps of the scores' magnitude if smaller).  Standard eps-CS
-    bound: ``objective >= optimum - n * eps`` (eps/2 of it is the auction's final eps, eps/2 the torch
-    backend's tie-breaking jitter).  ``gap_bound`` reports
-    ``min(n * eps, G) + float slack``, both proven upper bounds on ``optimum - objective``.
-``"auto"``
-    The recommended default: the fastest exact solver, as measured on the 2-core CPU of the project's
-    development machine (``benchmarks/bench_lap.py`` on synthetic matrices, ``benchmarks/bench_recorded.py``
-    on the recorded score matrices of an MNIST FGMT transfer, ``benchmarks/bench_transfer.py`` end to end).
-    On the CPU from n = ``AUTO_AUCTION_MIN_N["cpu"]`` it is ``"auction"`` (compiled backend), below that
-    scipy.  On the ten recorded 4096 x 4096 matrices of an MNIST FGMT transfer the compiled auction takes
-    0.36-0.45 s cold and, warm-started along the chain, 2.0 s for all ten (torch backend 13.4 s, fastlap
-    20.7 s, scipy 105.7 s), exact every time.  On CUDA ``"auto"`` does not pick the auction until a GPU benchmark
-    says it should.
-``"fastlap"``
-    fastlap's Rust auction (optional dependency, ``pip install 'ltray[fast]'``).  Not certified by ltray;
-    within 1e-9 (relative) of scipy's optimum on random, degenerate and recorded gradient-matching
-    matrices, but not always equal to it (up to 3.5e-10 below it on recorded MNIST FGMT matrices).
-
-The auction has two backends with the same phases, warm start and certificate.  ``"jit"`` (the CPU
-default) bids sequentially (Gauss-Seidel) in numba-compiled code (`ltray._auction_jit`), reading
-float32 or float64 scores in place; a bid costs O(K) and a row's candidate refresh O(n).  ``"torch"``
-(any device, the default off the CPU) runs vectorised Jacobi bidding rounds in float64 while many rows
-are unassigned, then sequential bids on small CPU arrays; it breaks exact ties with a jitter, which
-Jacobi rounds need and Gauss-Seidel bidding does not.  Each row keeps a candidate list of its K best
-columns (see ``_Auction``).  The ``state`` of an auction `Assignment` is an `AuctionState` (prices,
-final eps); passing the Assignment back as ``warm`` for the next, slightly changed, matrix of the same
-shape restarts from those prices and that assignment at a smaller eps.
-"""
+"""The epsilon-scaling forward auction (see the package docstring): the torch backend (any device) and the
+driver of the compiled one (`_auction_jit`, CPU); its result is certified exact by `certificate`."""
 from __future__ import annotations
 
 import functools
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-from .errors import LtrayError
-
-
-@dataclass(frozen=True)
-class Assignment:
-    perm: torch.Tensor                 # int64 (n,): row i is assigned column perm[i]
-    state: object | None = None        # solver-specific warm-start state (prices, duals)
-    gap_bound: float = 0.0             # proven upper bound on optimum - achieved objective (0: exact)
-    method: str = ""                   # what produced perm: "scipy", "auction+sparse", "auction->scipy", ...
-    info: dict = field(default_factory=dict, compare=False, repr=False)   # solver statistics
-
-
-@dataclass(frozen=True)
-class AuctionState:
-    prices: torch.Tensor               # float64 (n,) column prices, on the score's device
-    eps: float                         # the final eps the prices were computed at
-
+from ..errors import LtrayError
+from .base import CHUNK_ELEMS, Assignment, AuctionState
+from .certificate import dual_gap, fallback, sparse_finish
 
 _F64_EPS = float(np.finfo(np.float64).eps)
-_CHUNK_ELEMS = 1 << 20                 # elements per row block in full-row passes (8 MiB of float64)
 _JITTER_ROWS = 512                     # distinct rows of the tie-breaking jitter pattern
 
 # tuning (see benchmarks/bench_lap.py)
@@ -96,34 +24,7 @@ SPARSE_MAX_EDGES_PER_ROW = 32          # exact finish: sparse LAPJV up to this m
 EXACT_EPS_REL = {"jit": 1e-4, "torch": 1e-2}   # exact mode: final eps = this * (max - min) / n
 WARM_QUANTILE = 0.95                   # warm start: first eps = this quantile of the rows' eps-CS violations
 APPROX_EPS_REL = 1e-6                  # auction-eps default: eps = APPROX_EPS_REL * (max - min) / n
-AUTO_AUCTION_MIN_N = {"cpu": 1024, "cuda": None}   # "auto": auction from this n on (None: never)
 
-
-# ----------------------------------------------------------------------------------------------
-# scipy
-# ----------------------------------------------------------------------------------------------
-
-def _scipy_perm(a64: np.ndarray, maximize: bool = True) -> np.ndarray:
-    rows, cols = linear_sum_assignment(a64, maximize=maximize)
-    perm = np.empty_like(cols)
-    perm[rows] = cols
-    return perm
-
-
-def _check_finite(score: torch.Tensor) -> None:
-    if score.is_floating_point() and not bool(torch.isfinite(score).all()):
-        raise LtrayError("assignment score matrix has NaN or infinite entries")
-
-
-def _scipy(score: torch.Tensor, warm: Assignment | None) -> Assignment:
-    _check_finite(score)
-    perm = _scipy_perm(score.detach().to("cpu", torch.float64).numpy())
-    return Assignment(torch.from_numpy(perm).to(score.device), method="scipy")
-
-
-# ----------------------------------------------------------------------------------------------
-# auction
-# ----------------------------------------------------------------------------------------------
 
 class _AuctionFailed(Exception):
     pass
@@ -180,7 +81,7 @@ class _Auction:
         """Top-k1 of a'_ij - p_j over all j for the given rows (None: all rows), in row blocks."""
         A, n = self.A, self.n
         m = n if rows is None else rows.numel()
-        step = max(1, _CHUNK_ELEMS // n)
+        step = max(1, CHUNK_ELEMS // n)
         vals = torch.empty(m, k1, dtype=A.dtype, device=self.dev)
         idx = torch.empty(m, k1, dtype=torch.long, device=self.dev)
         buf = torch.empty(min(step, m), n, dtype=A.dtype, device=self.dev)
@@ -466,11 +367,11 @@ def _auction_solve(score: torch.Tensor, warm: Assignment | None, exact: bool,
                              AUCTION_GS_BELOW)
     except _AuctionFailed as err:
         info.update(_auction_info(au, t_start), failed=str(err))
-        return _fallback(score, A, p, exact, info)
+        return fallback(score, A, p, exact, info)
     info.update(_auction_info(au, t_start))
     state = AuctionState(p, eps_list[-1])
     perm = row_col
-    G, u, exact_rows = _dual_gap(au, A, p, perm)
+    G, u, exact_rows = dual_gap(au, A, p, perm)
     slack = 64 * n * _F64_EPS * (scale + float(p.abs().max()))
     info["dual_gap"] = G
     if not exact:
@@ -478,10 +379,10 @@ def _auction_solve(score: torch.Tensor, warm: Assignment | None, exact: bool,
         return Assignment(perm, state, bound, method="auction-eps", info=info)
     if G <= slack:
         return Assignment(perm, state, 0.0, method="auction(certified)", info=info)
-    res = _sparse_finish(au, A, p, perm, u, exact_rows, G + slack, info,
+    res = sparse_finish(au, A, p, perm, u, exact_rows, G + slack, info,
                          SPARSE_MAX_EDGES_PER_ROW if sparse_edges_per_row is None else sparse_edges_per_row)
     if res is None:
-        return _fallback(score, A, p, exact, info, state)
+        return fallback(score, A, p, exact, info, state)
     info["t_total"] = time.perf_counter() - t_start
     return Assignment(res, state, 0.0, method="auction+sparse", info=info)
 
@@ -496,164 +397,3 @@ def _jit_kernels():
 def _auction_info(au: _Auction, t_start: float) -> dict:
     return {"rounds": au.rounds, "bids": au.bids, "seq_bids": au.seq_bids, "refreshed": au.refreshed,
             "t_auction": time.perf_counter() - t_start}
-
-
-def _fallback(score, A, p, exact, info, state=None) -> Assignment:
-    """Exact dense solve; with prices, on the (equivalent, better conditioned) reduced costs."""
-    t0 = time.perf_counter()
-    C = float(A.max() - A.min())
-    if p is not None and float(p.abs().max()) <= 1e3 * (C + float(A.abs().max())):
-        R = A - p
-        R = R.max(dim=1, keepdim=True).values - R          # u_i + p_j - a_ij >= 0
-        perm = _scipy_perm(R.cpu().numpy(), maximize=False)
-    else:
-        perm = _scipy_perm(A.cpu().numpy())
-    info["t_fallback"] = time.perf_counter() - t0
-    return Assignment(torch.from_numpy(perm).to(score.device), state, 0.0, method="auction->scipy", info=info)
-
-
-def _dual_gap(au: _Auction, A: torch.Tensor, p: torch.Tensor, perm: torch.Tensor):
-    """u_i = max_j a_ij - p_j on the original A, and G = sum u + sum p - objective (>= 0)."""
-    cv = A.gather(1, au.cand) - p[au.cand]
-    u = cv.max(dim=1).values
-    # non-candidates: a_ij - p_j <= a'_ij - p_j <= beta_i, so u is exact where u >= beta
-    exact_rows = u >= au.beta
-    rows = (~exact_rows).nonzero().squeeze(1)
-    if rows.numel():
-        step = max(1, _CHUNK_ELEMS // au.n)
-        for s in range(0, rows.numel(), step):
-            rr = rows[s:s + step]
-            u[rr] = (A[rr] - p).max(dim=1).values
-    prim = A[au.arange, perm] - p[perm]
-    G = float((u - prim).clamp_min(0).sum())
-    return G, u, exact_rows
-
-
-def _sparse_finish(au: _Auction, A, p, perm, u, exact_rows, T: float, info: dict, max_per_row: int):
-    """Solve exactly the assignment restricted to edges of reduced cost u_i + p_j - a_ij <= T."""
-    t0 = time.perf_counter()
-    n = au.n
-    cand = au.cand
-    rc = u[:, None] - (A.gather(1, cand) - p[cand])
-    # rows whose non-candidates might be within T as well need a full-row pass
-    full = (~exact_rows) | (u - au.beta <= T)
-    keep = (rc <= T) & ~full[:, None]
-    r1, k1 = keep.nonzero(as_tuple=True)
-    rows_l, cols_l, w_l = [r1], [cand[r1, k1]], [rc[r1, k1]]
-    fr = full.nonzero().squeeze(1)
-    if fr.numel() > n // 8:
-        # many rows need full-row scans: count first (with early exit) before building edge lists
-        cnt = int(keep.sum())
-        step = max(1, _CHUNK_ELEMS // n)
-        for s in range(0, fr.numel(), step):
-            rr = fr[s:s + step]
-            cnt += int(((u[rr, None] - (A[rr] - p)) <= T).sum())
-            if cnt > max_per_row * n:
-                info.update(nnz=cnt, full_rows=int(fr.numel()))
-                return None
-    if fr.numel():
-        step = max(1, _CHUNK_ELEMS // n)
-        for s in range(0, fr.numel(), step):
-            rr = fr[s:s + step]
-            rcf = u[rr, None] - (A[rr] - p)
-            a, b = (rcf <= T).nonzero(as_tuple=True)
-            rows_l.append(rr[a])
-            cols_l.append(b)
-            w_l.append(rcf[a, b])
-    rows = torch.cat(rows_l)
-    cols = torch.cat(cols_l)
-    nnz = rows.numel()
-    info.update(nnz=nnz, full_rows=int(fr.numel()))
-    if nnz > max_per_row * n:
-        return None
-    # LAPJVsp treats every stored entry as an edge but needs non-zero weights: shift all by T
-    w = (torch.cat(w_l).clamp_min(0) + max(T, 1e-300)).cpu().numpy()
-    g = csr_matrix((w, (rows.cpu().numpy(), cols.cpu().numpy())), shape=(n, n))
-    try:
-        ri, ci = min_weight_full_bipartite_matching(g)
-    except ValueError:
-        return None
-    out = np.empty(n, dtype=np.int64)
-    out[ri] = ci
-    info["t_sparse"] = time.perf_counter() - t0
-    return torch.from_numpy(out).to(A.device)
-
-
-class _CpuThreads:
-    """Run the torch auction with one intra-op thread on the CPU.  Its rounds are many small tensor ops; with
-    a multi-threaded pool each pays a fork/join, which on a busy machine (descheduled worker threads)
-    made single small ops take milliseconds.  The previous setting is restored afterwards."""
-
-    def __init__(self, device: torch.device, backend: str | None):
-        self.active = device.type == "cpu" and backend == "torch" and torch.get_num_threads() > 1
-
-    def __enter__(self):
-        if self.active:
-            self.saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        if self.active:
-            torch.set_num_threads(self.saved)
-
-
-def _auction(score: torch.Tensor, warm: Assignment | None, backend: str | None = None) -> Assignment:
-    with _CpuThreads(score.device, backend):
-        return _auction_solve(score, warm, exact=True, backend=backend)
-
-
-def _auction_eps(score: torch.Tensor, warm: Assignment | None, eps: float | None = None,
-                 backend: str | None = None) -> Assignment:
-    with _CpuThreads(score.device, backend):
-        return _auction_solve(score, warm, exact=False, eps=eps, backend=backend)
-
-
-def _auto(score: torch.Tensor, warm: Assignment | None) -> Assignment:
-    """The fastest exact solver for this device and size (see the module docstring)."""
-    min_n = AUTO_AUCTION_MIN_N.get(score.device.type)
-    if min_n is not None and score.shape[0] >= min_n:
-        return _auction(score, warm)
-    return _scipy(score, warm)
-
-
-def _has_fastlap() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("fastlap") is not None
-
-
-def _fastlap(score: torch.Tensor, warm: Assignment | None) -> Assignment:
-    """fastlap's auction (Rust; optional dependency, `pip install ltray[fast]`)."""
-    _check_finite(score)
-    try:
-        import fastlap
-    except ImportError:
-        raise LtrayError("solver 'fastlap' needs the fastlap package: pip install 'ltray[fast]'") from None
-    a64 = np.ascontiguousarray(score.detach().to("cpu", torch.float64).numpy())
-    if a64.shape[0] == 0:
-        return Assignment(torch.empty(0, dtype=torch.long, device=score.device), method="fastlap")
-    _, rows, _ = fastlap.solve_lap(a64, algorithm="auction", maximize=True)
-    perm = np.asarray(rows, dtype=np.int64)
-    if len(np.unique(perm)) != len(perm):  # never seen; keep the matcher's contract regardless
-        return _scipy(score, warm)
-    return Assignment(torch.from_numpy(perm).to(score.device), method="fastlap")
-
-
-SOLVERS = {"scipy": _scipy, "auction": _auction, "auction-eps": _auction_eps, "fastlap": _fastlap, "auto": _auto}
-
-
-def solve_assignment(score: torch.Tensor, solver: str = "auto", warm: Assignment | None = None,
-                     *, eps: float | None = None) -> Assignment:
-    """Maximise sum_i score[i, perm[i]].  ``eps`` is the final epsilon of ``"auction-eps"`` only."""
-    if not isinstance(score, torch.Tensor) or score.ndim != 2 or score.shape[0] != score.shape[1]:
-        shape = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
-        raise LtrayError(f"assignment needs a square score matrix, got shape {shape}")
-    try:
-        fn = SOLVERS[solver]
-    except KeyError:
-        raise LtrayError(f"unknown assignment solver {solver!r}; known: {', '.join(SOLVERS)}") from None
-    if eps is not None:
-        if solver != "auction-eps":
-            raise LtrayError(f"eps only applies to the 'auction-eps' solver, not {solver!r}")
-        return fn(score, warm, eps=eps)
-    return fn(score, warm)

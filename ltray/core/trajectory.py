@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import LtrayError
+from ..config import SCHEDULES
+from ..errors import LtrayError
 
-SCHEDULES = ("uniform", "cosine")
 State = dict[str, torch.Tensor]
 
 

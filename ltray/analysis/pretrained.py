@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .data import DataBundle
-from .errors import LtrayError
-from .models import state_of
-from .pipeline import ModelConfig
-from .results import derive_seed
-from .train import TrainConfig, train
-from .trajectory import State, Trajectory
+from ..config import ModelConfig, TrainConfig
+from ..core.trajectory import State, Trajectory
+from ..data import DataBundle
+from ..errors import LtrayError
+from ..models import state_of
+from ..results import derive_seed
+from ..training import train
 
 
 def head_keys(model: nn.Module) -> tuple[str, ...]:

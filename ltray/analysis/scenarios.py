@@ -6,7 +6,7 @@ and the actually trained target of one seed pair, `transfer_all` transfers with 
 Two scenarios:
   random     - theta1^0, theta2^0 are random inits (seeds s1, s2); theta1^t is SGD training on `data`.
   pretrained - theta1^0, theta2^0 are bodies pre-trained on `pretrain_data` from seeds s1, s2, each with a
-               fresh classifier head (see ltray.pretrained); theta1^t is the fine-tuning on `data`.
+               fresh classifier head (see ltray.analysis.pretrained); theta1^t is the fine-tuning on `data`.
 In both, theta2^T (the Oracle's "actually trained" target, and the landscape's "Trained") is theta2^0 trained
 with the same `train` config, data order from s2.
 """
@@ -18,17 +18,20 @@ from pathlib import Path
 
 import torch
 
-from .data import DataBundle
-from .errors import LtrayError
+from ..config import METHODS, DataConfig, FinetuneConfig, ModelConfig, TrainConfig, TransferConfig
+from ..core.specs import spec_for
+from ..core.symmetry import apply_permutation
+from ..core.trajectory import State, Trajectory, load_trajectory, save_trajectory
+from ..core.transfer import TransferResult, transfer
+from ..data import DataBundle
+from ..errors import LtrayError
+from ..models import has_batchnorm, state_of
+from ..results import config_hash, derive_seed, provenance
+from ..runs import check_trajectory
+from ..runs import transfer_rows as rows_of
+from ..training import finetune, train
 from .landscape import Evaluator, linear_path, plane_surface
-from .models import has_batchnorm, state_of
-from .pipeline import DataConfig, ModelConfig, check_trajectory
 from .pretrained import pretrained_init
-from .results import config_hash, derive_seed, provenance
-from .symmetry import Permutation, apply_permutation, spec_for
-from .train import TrainConfig, finetune, train
-from .trajectory import State, Trajectory, load_trajectory, save_trajectory
-from .transfer import METHODS, TransferConfig, TransferResult, transfer
 
 
 @dataclass(frozen=True)
@@ -166,13 +169,14 @@ def save_result(result: TransferResult, path: Path) -> TransferResult:
 
     from safetensors.torch import save_file
 
-    from .trajectory import atomic_path
+    from ..core.trajectory import atomic_path
 
     tensors = {f"final/{k}": v for k, v in result.final.items()} | {f"best/{k}": v for k, v in result.best.items()}
     tensors |= {f"perm/{t}/{g}": p for t, perm in enumerate(result.perms) for g, p in perm.items()}
     tensors["lambdas"] = torch.as_tensor(result.lambdas, dtype=torch.float64)
     meta = {"method": result.method, "val_loss": result.val_loss, "val_acc": result.val_acc,
-            "seconds": result.seconds, "best_step": result.best_step, "profile": result.profile}
+            "seconds": result.seconds, "best_step": result.best_step, "profile": result.profile,
+            "gradient_pairs": result.gradient_pairs}
     tmp = atomic_path(Path(path))
     try:
         # clone: best and final (and a fixed pi_t) are often the same tensor, which safetensors refuses
@@ -197,40 +201,21 @@ def load_result(path: Path, device: str = "cpu") -> TransferResult:
     perms = [part(f"perm/{t}/") for t in range(len(meta["val_acc"]) - 1)]
     return TransferResult(meta["method"], tensors["lambdas"].cpu().numpy(), meta["val_loss"], meta["val_acc"],
                           meta["seconds"], [{g: p.cpu() for g, p in perm.items()} for perm in perms],
-                          part("final/"), part("best/"), meta["best_step"], meta["profile"])
+                          part("final/"), part("best/"), meta["best_step"], meta["profile"],
+                          meta.get("gradient_pairs", 0))
 
 
 def transfer_rows(scenario: Scenario, run: PairRun, run_id: str) -> list[dict]:
-    """Rows of ltray.results.SCENARIO_TRANSFER_SCHEMA."""
+    """Rows of ltray.results.TRANSFER_SCHEMA (ltray.runs.transfer_rows with this scenario's columns)."""
     cfg = scenario.transfer
-    common = dict(scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target, T=cfg.T,
-                  schedule=cfg.schedule if cfg.trajectory == "linear" else None, trajectory=cfg.trajectory,
-                  batch_size=cfg.batch_size, solver=cfg.solver, **provenance(run_id))
-    oracle = run.results["oracle"].perms[-1] if "oracle" in run.results else None
-    rows = []
-    for result in run.results.values():
-        perms = [{g: torch.arange(len(p)) for g, p in result.perms[0].items()}] + list(result.perms)
-        for row, perm in zip(result.rows(), perms):
-            rows.append(dict(row, oracle_agreement=None if oracle is None else oracle_agreement(perm, oracle),
-                             **common))
-    return rows
+    return rows_of(run.results, **scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target,
+                   T=cfg.T, schedule=cfg.schedule if cfg.trajectory == "linear" else None, trajectory=cfg.trajectory,
+                   batch_size=cfg.batch_size, solver=cfg.solver,
+                   source_train_seconds=float(run.source.meta.get("train_seconds", float("nan"))),
+                   **provenance(run_id))
 
 
-def oracle_agreement(perm: Permutation, oracle: Permutation) -> float:
-    """Fraction of permuted units (all groups together) that `perm` sends where the Oracle's pi does."""
-    same = sum(int((perm[g].cpu() == oracle[g].cpu()).sum()) for g in oracle)
-    return same / sum(len(p) for p in oracle.values())
-
-
-@dataclass(frozen=True)
-class SubsequentConfig:
-    """Subsequent training (paper B.3.4): Adam at a fixed lr for a fixed number of epochs."""
-    epochs: int = 10
-    lr: float = 1e-4
-    batch_size: int = 128
-
-
-def subsequent_training(scenario: Scenario, data: Data, run: PairRun, cfg: SubsequentConfig, run_id: str,
+def subsequent_training(scenario: Scenario, data: Data, run: PairRun, cfg: FinetuneConfig, run_id: str,
                         device: str = "cpu", progress: bool = False) -> list[dict]:
     """Train from each method's best transferred point (by validation accuracy, t >= 1) and from theta2^0
     ("standard"); rows of ltray.results.SUBSEQUENT_SCHEMA with one row per epoch (epoch 0 = the start).
@@ -244,7 +229,8 @@ def subsequent_training(scenario: Scenario, data: Data, run: PairRun, cfg: Subse
     rows = []
     for start, (state, step) in starts.items():
         _, history = finetune(model, state, data.task.train, data.task.val, cfg.epochs, cfg.lr, cfg.batch_size,
-                              seed, progress, bn_samples=scenario.transfer.bn_samples if has_batchnorm(model) else 0)
+                              seed, progress, bn_samples=scenario.transfer.bn_samples if has_batchnorm(model) else 0,
+                              optimizer=cfg.optimizer)
         rows += [dict(h, start=start, start_step=step, **common) for h in history]
     return rows
 

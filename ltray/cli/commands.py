@@ -1,0 +1,154 @@
+"""The commands that need no Ray unless asked: train, transfer, landscape, check-cluster. Each validates its
+input before any work and writes its outputs atomically; heavy modules are imported inside the command."""
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..errors import LtrayError
+from .args import check_out_dir, configs_from_args
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ..core.trajectory import save_trajectory
+    from ..runs import default_device, train_source
+
+    data_cfg, model_cfg, train_cfg, _ = configs_from_args(args)
+    out = check_out_dir(args.out)
+    data = data_cfg.load()
+    traj = train_source(data, data_cfg, model_cfg, train_cfg, args.seed, args.device or default_device(),
+                        progress=not args.no_progress)
+    path = save_trajectory(traj, out / "trajectory.safetensors")
+    print(f"wrote {path} ({len(traj) - 1} epochs, {traj.meta['train_seconds']:.1f} s of training)")
+
+
+def cmd_transfer(args: argparse.Namespace) -> None:
+    from ..config import check_names
+    from ..core.trajectory import load_trajectory
+    from ..results import TRANSFER_SCHEMA, config_hash, summarise, write_parquet
+    from ..runs import default_device, pair_rows, train_source
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if not methods:
+        raise LtrayError("--methods is empty; choose from naive, oracle, gmt, fgmt")
+    check_names(args.dataset, args.model, methods)
+    data_cfg, model_cfg, train_cfg, transfer_cfg = configs_from_args(args)
+    out = check_out_dir(args.out)
+    use_ray = args.ray if args.ray is not None else (args.seeds > 1 or args.address is not None)
+    if use_ray:
+        from ..distributed import engine
+        engine.resources_from_args(args)  # bad resource flags fail before any loading
+    given = load_trajectory(args.trajectory) if args.trajectory else None
+    data = data_cfg.load()
+    if given is not None:  # fail on an architecture mismatch before any training
+        from ..runs import check_trajectory
+        check_trajectory(given, model_cfg.build(data, 0), f"--trajectory {args.trajectory}")
+    run_id = config_hash(data_cfg, model_cfg, train_cfg, transfer_cfg, {"methods": methods})
+    # pair k: source seed+k (or the given trajectory), target seed+1000+k
+    pairs = [(int(given.meta.get("seed", 0)) if given else args.seed + k, args.seed + 1000 + k)
+             for k in range(args.seeds)]
+    job = dict(data_cfg=data_cfg, model_cfg=model_cfg, train_cfg=train_cfg, transfer_cfg=transfer_cfg,
+               methods=methods, run_id=run_id)
+    rows, t0 = [], time.perf_counter()
+    if not use_ray:
+        device = args.device or default_device()
+        for seed_source, seed_target in pairs:
+            source = given or train_source(data, data_cfg, model_cfg, train_cfg, seed_source, device,
+                                           progress=not args.no_progress)
+            rows += pair_rows(data, source=source, seed_target=seed_target, device=device,
+                              progress=not args.no_progress, **job)
+    else:
+        rows = engine.transfer_pairs(pairs, given, data, job, args)
+    path = write_parquet(rows, TRANSFER_SCHEMA, out / "transfer.parquet")
+    import pandas as pd
+    df = pd.DataFrame(rows)
+    last = df[df.t == transfer_cfg.T]
+    best = df[df.t > 0].groupby(["method", "seed_source", "seed_target"], as_index=False)["val_acc"].max()
+    table = summarise(last, ["method"], "val_acc").merge(
+        summarise(best, ["method"], "val_acc"), on="method", suffixes=("_final", "_best"))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"wrote {path} ({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
+
+
+def cmd_landscape(args: argparse.Namespace) -> None:
+    import os
+
+    from ..analysis.landscape import (Evaluator, architecture_mismatch, check_same_architecture, linear_path,
+                                      load_point, plane_surface)
+    from ..analysis.plots import path_figure, plane_figure, save_figure
+    from ..config import DataConfig, ModelConfig, check_names, with_preset
+    from ..core.trajectory import atomic_path
+    from ..results import PATH_SCHEMA, PLANE_SCHEMA, config_hash, provenance, write_parquet
+    from ..runs import default_device
+
+    # Validate everything before any work, so bad input leaves no output behind.
+    if len(args.points) not in (2, 3):
+        raise LtrayError(f"give 2 points (a path) or 3 points (a plane), got {len(args.points)}")
+    grid = args.grid if args.grid is not None else (25 if len(args.points) == 2 else 21)
+    if grid < 2:
+        raise LtrayError(f"--grid must be at least 2, got {grid}")
+    if not args.margin >= 0 or args.bn_samples < 1:
+        raise LtrayError(f"--margin must be >= 0 and --bn-samples >= 1, got {args.margin} and {args.bn_samples}")
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else ["A", "B", "C"][:len(args.points)]
+    if len(labels) != len(args.points) or len(set(labels)) != len(labels) or not all(labels):
+        raise LtrayError(f"--labels needs {len(args.points)} distinct names, got {args.labels!r}")
+    check_names(args.dataset, args.model)
+    out = check_out_dir(args.out)
+    loaded = [load_point(s) for s in args.points]
+    points = {name: state for name, (state, _) in zip(labels, loaded)}
+    check_same_architecture(points)
+    header = loaded[0][1]
+    preset = with_preset(args.dataset)["model"]
+    model_cfg = ModelConfig(args.model or header.get("model") or preset.name,
+                            args.width or header.get("width") or (preset.width if not args.model else None),
+                            args.depth or header.get("depth") or 1)
+    data_cfg = DataConfig(args.dataset, args.data_root, args.download, args.classes, args.max_train)
+    data = data_cfg.load()
+    model = model_cfg.build(data, 0)
+    problem = architecture_mismatch(model.state_dict(), points[labels[0]])
+    if problem:
+        raise LtrayError(f"the points do not fit {model_cfg.name} width {model_cfg.width} on {args.dataset} "
+                         f"(model vs points: {problem}); pass --model/--width/--depth")
+    device = args.device or default_device()
+    points = {k: {n: t.to(device) for n, t in s.items()} for k, s in points.items()}
+    evaluator = Evaluator(model.to(device), getattr(data, args.split), data.train, args.bn_samples)
+    classes = ",".join(map(str, args.classes)) if args.classes else None
+    common = dict(scenario=None, dataset=args.dataset, classes=classes,
+                  pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name, width=model_cfg.width,
+                  source_lr=None,
+                  seed_source=None, seed_target=None, split=args.split,
+                  **provenance(config_hash(data_cfg, model_cfg, {"points": args.points, "grid": grid,
+                                                                 "margin": args.margin, "split": args.split})))
+    t0 = time.perf_counter()
+    if len(labels) == 2:
+        rows = [dict(r, point_a=labels[0], point_b=labels[1], method=None, case=None, **common)
+                for r in linear_path(evaluator, points[labels[0]], points[labels[1]], grid)]
+        fig, name, schema = path_figure(rows), "path", PATH_SCHEMA
+        summary = (f"loss {rows[0]['loss']:.4g} -> {rows[-1]['loss']:.4g}, max {max(r['loss'] for r in rows):.4g}, "
+                   f"barrier {rows[0]['barrier']:.4g}; acc {rows[0]['acc']:.2f} -> {rows[-1]['acc']:.2f}, "
+                   f"min {min(r['acc'] for r in rows):.2f}")
+    else:
+        grid_rows, anchors = plane_surface(evaluator, points, grid, args.margin)
+        rows = [dict(r, point=None, **common) for r in grid_rows] + [dict(a, **common) for a in anchors]
+        fig, name, schema = plane_figure(grid_rows, anchors, split=args.split), "plane", PLANE_SCHEMA
+        summary = (f"{grid}x{grid} grid, loss {min(r['loss'] for r in grid_rows):.4g}.."
+                   f"{max(r['loss'] for r in grid_rows):.4g}")
+    # Render the figure first (into a temp file), then publish Parquet and PNG.
+    png = atomic_path(out / f"{name}.png")
+    try:
+        save_figure(fig, png)
+        parquet = write_parquet(rows, schema, out / f"{name}.parquet")
+        os.replace(png, out / f"{name}.png")
+    finally:
+        png.unlink(missing_ok=True)
+    print(f"{summary}\nwrote {parquet} and {out / f'{name}.png'} ({len(rows)} rows, "
+          f"{time.perf_counter() - t0:.1f} s)")
+
+
+def cmd_check_cluster(args: argparse.Namespace) -> None:
+    from ..distributed.engine import check_cluster_config
+
+    config = check_cluster_config(args.config)
+    types = config["available_node_types"]
+    print(f"{args.config}: valid ({config['provider']['type']}; head {config['head_node_type']}; worker types "
+          f"{', '.join(t for t in types if t != config['head_node_type'])}; up to {config['max_workers']} workers)")

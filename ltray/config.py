@@ -1,0 +1,174 @@
+"""Every configuration of ltray as a frozen dataclass with its defaults, and the per-dataset presets.
+
+One concept, one class: data (DataConfig), model (ModelConfig), source training by SGD (TrainConfig),
+fine-tuning a transferred start, i.e. the paper's "subsequent training" (FinetuneConfig) and the transfer
+itself (TransferConfig). Each validates itself and raises a one-line LtrayError; the CLI maps flags onto them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .errors import LtrayError
+
+METHODS = ("naive", "oracle", "gmt", "fgmt")   # transfer methods (ltray.core.transfer)
+SCHEDULES = ("uniform", "cosine")              # lambda schedules of a linear trajectory (ltray.core.trajectory)
+OPTIMIZERS = ("adam", "sgd")                   # fine-tuning optimisers
+SWEEP_OBJECTIVES = {"best_val_acc": "best accuracy along the transferred trajectory (t >= 1)",
+                    "final_val_acc": "accuracy of the last transferred step theta2^T",
+                    "finetuned_val_acc": "accuracy after fine-tuning the best step with Adam (searches finetune_lr)"}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    classes: tuple[int, ...] | None = None
+    max_train: int | None = None
+    split_seed: int = 0
+
+    def load(self):
+        """The DataBundle (ltray.data.load_dataset)."""
+        from .data import load_dataset
+
+        return load_dataset(self.name, self.root, download=self.download, classes=self.classes,
+                            split_seed=self.split_seed, max_train=self.max_train)
+
+    def identity(self) -> dict:
+        """What determines the data's numbers (not where the files are): the key of cached results."""
+        return {"name": self.name, "classes": self.classes, "max_train": self.max_train,
+                "split_seed": self.split_seed}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp"
+    width: int | None = None
+    depth: int = 1
+
+    def build(self, data, seed: int):
+        """build_model(name) for `data`'s classes and image shape, initialised from `seed`."""
+        from .models import build_model
+
+        return build_model(self.name, data.num_classes, data.in_channels, data.image_size, self.width, seed,
+                           depth=self.depth)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Source training (paper B.3.2): SGD with momentum; optional cosine annealing and linear warm-up.
+
+    cycles > 1 is a snapshot-ensemble run (Huang et al. 2017): the learning rate is cosine-annealed from lr
+    to 0 over each of `cycles` equal spans of epochs, restarting at lr; the checkpoints at the end of the spans
+    are the snapshots."""
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    cosine: bool = False
+    warmup_epochs: int = 0
+    cycles: int = 1
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise LtrayError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if not self.lr > 0:
+            raise LtrayError(f"learning rate must be > 0, got {self.lr}")
+        if self.cycles < 1 or self.epochs % self.cycles:
+            raise LtrayError(f"a cyclic schedule needs epochs divisible by cycles >= 1, got {self.epochs} epochs "
+                             f"and {self.cycles} cycles")
+        if self.cycles > 1 and self.warmup_epochs:
+            raise LtrayError("a cyclic (snapshot) schedule has no warm-up; set warmup_epochs to 0")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning a transferred start, the paper's subsequent training (Sec. 4.2, B.3.4: Adam at lr 1e-4 for
+    10 epochs). optimizer "sgd" uses momentum 0.9; the learning rate is constant, so the state after e epochs
+    does not depend on how many epochs follow."""
+    epochs: int = 10
+    lr: float = 1e-4
+    batch_size: int = 128
+    optimizer: str = "adam"
+
+    def __post_init__(self):
+        if self.epochs < 0 or not self.lr > 0 or self.batch_size < 1:
+            raise LtrayError(f"fine-tuning needs epochs >= 0, lr > 0 and batch size >= 1, got {self.epochs}, "
+                             f"{self.lr} and {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise LtrayError(f"unknown fine-tuning optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Hyper-parameters of a transfer (paper B.3.3); defaults are the paper's MNIST setting."""
+    T: int = 10
+    schedule: str = "cosine"          # lambda schedule of the linear trajectory
+    trajectory: str = "linear"        # "linear" [theta^0 : theta^T] or "actual" checkpoints
+    batch_size: int = 128             # B: samples per gradient (a multiple of loader_batch_size is fine)
+    loader_batch_size: int = 128      # chunk in which a gradient batch is computed
+    bn_samples: int = 256             # B': samples over which BatchNorm statistics are reset before each
+    #                                   evaluation of a transferred state (BN models only; gradients use batch stats)
+    solver: str = "auto"              # assignment solver, see ltray.lap (auto: fastest exact one)
+    max_iter: int = 100               # coordinate-descent sweeps per solve
+
+    def __post_init__(self):
+        from .lap import SOLVERS
+
+        if self.T < 1:
+            raise LtrayError(f"trajectory length T must be >= 1, got {self.T}")
+        if self.batch_size < 1 or self.loader_batch_size < 1 or self.bn_samples < 1:
+            raise LtrayError(f"batch sizes must be >= 1, got B={self.batch_size}, loader={self.loader_batch_size}, "
+                             f"B'={self.bn_samples}")
+        if self.schedule not in SCHEDULES:
+            raise LtrayError(f"unknown lambda schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
+        if self.trajectory not in ("linear", "actual"):
+            raise LtrayError(f"unknown trajectory kind {self.trajectory!r}; known: linear, actual")
+        if self.solver not in SOLVERS:
+            raise LtrayError(f"unknown assignment solver {self.solver!r}; known: {', '.join(SOLVERS)}")
+
+
+# Per dataset (paper Appendix B.3): the model, the source's training and T; `digits` is ltray's offline default.
+# `note` says where a preset departs from the paper.
+PRESETS: dict[str, dict] = {
+    "digits": dict(model=ModelConfig("mlp", 512), train=TrainConfig(epochs=20, lr=0.1), T=10,
+                   note="not in the paper: scikit-learn's bundled 8x8 digits, for offline runs"),
+    "mnist": dict(model=ModelConfig("mlp", 4096), train=TrainConfig(epochs=10, lr=0.01), T=10),
+    "fashion-mnist": dict(model=ModelConfig("mlp", 4096), train=TrainConfig(epochs=10, lr=0.01), T=10),
+    "cifar10": dict(model=ModelConfig("conv8", 64),
+                    train=TrainConfig(epochs=60, lr=0.05, weight_decay=1e-4, cosine=True), T=30, batch_size=256),
+    "cifar100": dict(model=ModelConfig("conv8", 64),
+                     train=TrainConfig(epochs=30, lr=0.05, weight_decay=1e-4, cosine=True), T=30,
+                     note="the paper fine-tunes a Conv8 pre-trained on CIFAR-10; this preset trains from a random "
+                          "initialisation (the pre-trained scenario: ltray.analysis.pretrained)"),
+    "imagefolder": dict(model=ModelConfig("resnet18", 64),
+                        train=TrainConfig(epochs=30, lr=0.1, weight_decay=1e-4, cosine=True), T=30,
+                        batch_size=1280, bn_samples=256,
+                        note="the paper fine-tunes an ImageNet-pre-trained ResNet-18 on Cars/CUB; this preset "
+                             "trains from a random initialisation"),
+}
+
+
+def check_names(dataset: str, model: str | None = None, methods: tuple[str, ...] = ()) -> None:
+    """One-line errors for an unknown dataset, model or transfer method."""
+    from .data import DATASETS
+    from .models import MODELS
+
+    if dataset not in DATASETS:
+        raise LtrayError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    if model is not None and model not in MODELS:
+        raise LtrayError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise LtrayError(f"unknown transfer method {bad[0]!r}; known: {', '.join(METHODS)}")
+
+
+def with_preset(dataset: str, **overrides) -> dict:
+    """The preset for `dataset` with non-None overrides applied (model width, train fields, T, ...)."""
+    preset = dict(PRESETS[dataset])
+    for key in ("model", "train"):
+        sub = {k: v for k, v in overrides.get(key, {}).items() if v is not None}
+        preset[key] = replace(preset[key], **sub)
+    preset.update({k: v for k, v in overrides.items() if k not in ("model", "train") and v is not None})
+    return preset

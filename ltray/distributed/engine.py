@@ -1,0 +1,342 @@
+"""Ray at the edge of ltray: an embedded or joined cluster, a trajectory store, and a bounded fan-out.
+
+The core modules never import ray; this module runs their pure functions as Ray tasks:
+
+    driver --ray.put once--> data (numpy splits, read zero-copy by every worker on the node)
+    TrajectoryStore actor --ray.put / owns its train tasks' results--> source trajectories
+    tasks: fn(data, device=..., source=<Trajectory, zero-copy>, **kwargs) with num_cpus / num_gpus each,
+           at most `max_in_flight` submitted and unfinished; results stream back through ray.wait.
+
+Trajectories and data travel as float32/int64 numpy arrays: Ray hands numpy to workers as read-only views
+of the node's shared object store (no copy, no unpickling), where torch tensors would be pickled and copied
+into every worker.  Tasks only read these arrays (the core builds new tensors from them).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import ray
+import torch
+from ray.exceptions import RayTaskError
+from tqdm.auto import tqdm
+
+from ..core.trajectory import Trajectory, load_trajectory
+from ..data import DataBundle, Split
+from ..errors import LtrayError
+
+Item = TypeVar("Item")
+DEFAULT_GPU_SHARE = 0.25  # on a GPU cluster, four small-model transfers share one GPU unless told otherwise
+
+
+# ---- cluster ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Resources:
+    """What one task asks of the cluster. num_gpus may be a fraction (< 1) so several tasks share a GPU."""
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_retries: int = 3          # re-runs after the worker or its node dies (never after an exception in ltray)
+
+    def __post_init__(self):
+        if not self.num_cpus > 0:
+            raise LtrayError(f"CPUs per task must be > 0, got {self.num_cpus}")
+        if self.num_gpus < 0 or (self.num_gpus > 1 and self.num_gpus != int(self.num_gpus)):
+            raise LtrayError(f"GPUs per task must be a fraction in [0, 1] or a whole number, got {self.num_gpus}")
+        if self.max_retries < 0:
+            raise LtrayError(f"--max-retries must be >= 0, got {self.max_retries}")
+
+    def options(self) -> dict:
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "max_retries": self.max_retries}
+
+
+def start(num_cpus: int | None = None, address: str | None = None) -> bool:
+    """Join the cluster at `address`, or start an embedded local Ray using `num_cpus` cores (default: all).
+    Returns True when this call connected (the caller then shuts down); False if Ray was already running."""
+    if ray.is_initialized():
+        return False
+    if address and num_cpus:
+        raise LtrayError("--num-cpus caps the embedded local Ray; a cluster joined with --address keeps its own")
+    try:
+        if address:
+            ray.init(address=address, logging_level="warning")
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        where = f"join the Ray cluster at {address}" if address else "start a local Ray"
+        raise LtrayError(f"cannot {where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+    return True
+
+
+@contextmanager
+def session(num_cpus: int | None = None, address: str | None = None):
+    """Ray for the duration of a command; shut down afterwards only if this command started it."""
+    started = start(num_cpus, address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def resolve(res: Resources, device: str | None = None, gpus_given: bool = True) -> Resources:
+    """Fill in the automatic GPU share (`device` cpu forces 0) and check that some node can run the task.
+
+    Raises a one-line LtrayError, before anything is submitted, when no node has the CPUs and GPUs a task
+    asks for (Ray would otherwise leave it pending forever)."""
+    nodes = _alive_nodes()
+    has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
+    if device == "cpu":
+        res = replace(res, num_gpus=0.0)
+    elif not gpus_given:
+        res = replace(res, num_gpus=DEFAULT_GPU_SHARE if has_gpu else 0.0)
+    if device is not None and device.startswith("cuda") and res.num_gpus == 0:
+        raise LtrayError("--device cuda needs --gpus-per-task > 0 in a Ray task"
+                         + ("" if has_gpu else " and a cluster with GPUs (this one has none)"))
+    if not any(n.get("CPU", 0) >= res.num_cpus and n.get("GPU", 0) >= res.num_gpus for n in nodes):
+        have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "no nodes"
+        raise LtrayError(f"no node can run a task needing {res.num_cpus:g} CPU and {res.num_gpus:g} GPU "
+                         f"(nodes: {have}); lower --cpus-per-task/--gpus-per-task or add nodes")
+    return res
+
+
+def task_slots(res: Resources) -> int:
+    """How many such tasks the cluster runs at once (summed over nodes)."""
+    total = 0
+    for n in _alive_nodes():
+        k = int(n.get("CPU", 0) // res.num_cpus)
+        if res.num_gpus:
+            k = min(k, int(round(n.get("GPU", 0) / res.num_gpus, 6)))
+        total += k
+    return max(total, 1)
+
+
+# ---- data and trajectories in the object store -------------------------------------------------------------
+
+def _split_to_numpy(s: Split) -> Split:
+    return Split(s.x.cpu().numpy(), s.y.cpu().numpy())  # numpy inside on purpose: the zero-copy wire form
+
+
+def as_numpy(data: DataBundle) -> DataBundle:
+    """The wire form of a dataset: the same bundle with numpy splits (`as_tensors` undoes it, zero-copy)."""
+    return replace(data, train=_split_to_numpy(data.train), val=_split_to_numpy(data.val),
+                   test=_split_to_numpy(data.test))
+
+
+def put_data(data: DataBundle) -> ray.ObjectRef:
+    """Put the dataset in the object store once; tasks get it back as tensors viewing shared memory."""
+    return ray.put(as_numpy(data))
+
+
+def as_tensors(data: DataBundle) -> DataBundle:
+    """Splits as torch tensors viewing the (read-only) numpy arrays; a bundle of tensors passes unchanged."""
+    def split(s: Split) -> Split:
+        return s if isinstance(s.x, torch.Tensor) else Split(torch.from_numpy(s.x), torch.from_numpy(s.y))
+    return replace(data, train=split(data.train), val=split(data.val), test=split(data.test))
+
+
+@ray.remote(num_cpus=0)
+class TrajectoryStore:
+    """Owns source trajectories in the object store: it calls ray.put itself (or submits the training task),
+    so each trajectory lives as long as this actor. Methods return [ref], a list, so that callers receive
+    the reference and not its value; tasks are then given the ref and read the trajectory zero-copy."""
+
+    def __init__(self):
+        self._refs: dict[str, ray.ObjectRef] = {}
+
+    def put(self, name: str, trajectory: Trajectory) -> list:
+        self._refs[name] = ray.put(trajectory)
+        return [self._refs[name]]
+
+    def load(self, name: str, path: str) -> list:
+        """Load a trajectory file visible to this actor's node."""
+        return self.put(name, load_trajectory(path))
+
+    def train(self, name: str, data: list, resources: Resources, **job) -> list:
+        """Train a source in a task (`pipeline.train_source(**job)`); the store owns the task's result."""
+        from ..runs import train_source
+
+        self._refs[name] = submit(train_source, data[0], resources, timed=False, progress=False, **job)
+        return [self._refs[name]]
+
+    def get(self, name: str) -> list:
+        if name not in self._refs:
+            raise LtrayError(f"no trajectory named {name!r} in the store; it holds: {', '.join(self._refs)}")
+        return [self._refs[name]]
+
+    def names(self) -> list[str]:
+        return list(self._refs)
+
+    def drop(self, name: str) -> None:
+        self._refs.pop(name, None)
+
+
+# ---- tasks -----------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskOutput:
+    value: Any
+    seconds: float      # wall time inside the task (excluding Ray's scheduling and transfers)
+    node_id: str
+    pid: int
+
+
+def prepare_worker() -> str:
+    """Threads = the CPUs Ray gave this task (workers are reused, so set it every time); the device follows
+    the GPUs Ray assigned. Returns the device."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+@ray.remote
+def _run(fn: Callable, data: DataBundle, **kwargs):
+    device = prepare_worker()
+    return fn(as_tensors(data), device=device, **kwargs)
+
+
+@ray.remote
+def _run_timed(fn: Callable, data: DataBundle, **kwargs) -> TaskOutput:
+    device = prepare_worker()
+    t0 = time.perf_counter()
+    value = fn(as_tensors(data), device=device, **kwargs)
+    return TaskOutput(value, time.perf_counter() - t0, ray.get_runtime_context().get_node_id(), os.getpid())
+
+
+def submit(fn: Callable, data: ray.ObjectRef, resources: Resources, timed: bool = True, **kwargs) -> ray.ObjectRef:
+    """Run fn(data, device=..., **kwargs) as a task. ObjectRefs among kwargs (a source trajectory) are
+    resolved by Ray before the task starts, zero-copy for numpy. `fn` must be importable on the workers."""
+    remote = _run_timed if timed else _run
+    return remote.options(**resources.options()).remote(fn, data, **kwargs)
+
+
+def run_local(fn: Callable, data: DataBundle, device: str = "cpu", **kwargs) -> Any:
+    """The in-process path: the same call a task makes, without Ray."""
+    return fn(data, device=device, **kwargs)
+
+
+def get(ref: ray.ObjectRef) -> Any:
+    """ray.get, with an LtrayError raised inside a task (or a task it depended on) re-raised as itself."""
+    try:
+        return ray.get(ref)
+    except RayTaskError as e:
+        cause = e
+        while isinstance(cause, RayTaskError) and getattr(cause, "cause", None) is not None:
+            cause = cause.cause
+        if isinstance(cause, LtrayError):
+            raise LtrayError(str(cause).strip().splitlines()[-1]) from None
+        raise
+
+
+def fan_out(submit_one: Callable[[Item], ray.ObjectRef], items: Sequence[Item], max_in_flight: int,
+            desc: str = "tasks", progress: bool = True) -> Iterator[tuple[Item, Any]]:
+    """Submit one task per item, never more than `max_in_flight` unfinished, and yield (item, result) in the
+    order tasks finish, behind a progress bar. On an error (or when the caller stops early) the tasks still
+    pending are cancelled."""
+    if max_in_flight < 1:
+        raise LtrayError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    pending: dict[ray.ObjectRef, Item] = {}
+    queue = iter(items)
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="task")
+    try:
+        while True:
+            for item in queue:
+                pending[submit_one(item)] = item
+                if len(pending) >= max_in_flight:
+                    break
+            if not pending:
+                return
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                item = pending.pop(ref)
+                result = get(ref)
+                bar.update()
+                yield item, result
+    finally:
+        bar.close()
+        for ref in pending:
+            ray.cancel(ref)
+
+
+# ---- command-line helpers ----------------------------------------------------------------------------------
+
+def resources_from_args(args: argparse.Namespace) -> Resources:
+    """Validated before Ray starts; `resolve` then fills the GPU share and checks it against the cluster."""
+    return Resources(args.cpus_per_task, args.gpus_per_task or 0.0, args.max_retries)
+
+
+def resolve_from_args(args: argparse.Namespace) -> tuple[Resources, int]:
+    """(resources checked against the running cluster, bound on tasks in flight)."""
+    res = resolve(resources_from_args(args), getattr(args, "device", None), args.gpus_per_task is not None)
+    return res, args.max_in_flight or 2 * task_slots(res)
+
+
+# ---- cluster launcher config -----------------------------------------------------------------------------
+
+def check_cluster_config(path: str | os.PathLike) -> dict:
+    """Validate a `ray up` YAML offline, as `ray up` does before it contacts the cloud: Ray's prepare_config
+    (merge the provider's defaults) then validate_config (Ray's JSON schema and its consistency checks).
+    Returns the prepared config; any problem is a one-line LtrayError."""
+    import copy
+
+    import jsonschema
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    try:
+        config = yaml.safe_load(open(path))
+    except OSError as e:
+        raise LtrayError(f"cluster config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise LtrayError(f"cluster config {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("provider"), dict):
+        raise LtrayError(f"cluster config {path} must be a mapping with a provider section")
+    import logging
+
+    logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # prepare_config logs the defaults it fills in
+    try:
+        prepared = prepare_config(copy.deepcopy(config))
+        validate_config(prepared)
+    except jsonschema.ValidationError as e:
+        where = "/".join(map(str, e.absolute_path)) or "top level"
+        raise LtrayError(f"cluster config {path} does not validate at {where}: {e.message.splitlines()[0]}") from None
+    except (ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as e:
+        raise LtrayError(f"cluster config {path} does not validate: {str(e).strip().splitlines()[0]}") from None
+    return prepared
+
+
+def transfer_pairs(pairs: list[tuple[int, int]], given: Trajectory | None, data: DataBundle, job: dict,
+                   args: argparse.Namespace) -> list[dict]:
+    """`ltray transfer` on Ray: one source per seed (trained in tasks the store owns, or the given trajectory),
+    one task per (source, target) pair running ltray.runs.pair_rows with `job`; the rows of every pair."""
+    from ..runs import pair_rows
+
+    rows = []
+    with session(args.num_cpus, args.address):
+        resources, max_in_flight = resolve_from_args(args)
+        store, data_ref = TrajectoryStore.remote(), put_data(data)
+        if given is not None:
+            sources = dict.fromkeys({s for s, _ in pairs}, ray.get(store.put.remote("given", given))[0])
+        else:
+            seeds = sorted({s for s, _ in pairs})
+            refs = ray.get([store.train.remote(f"s{s}", [data_ref], resources, data_cfg=job["data_cfg"],
+                                               model_cfg=job["model_cfg"], train_cfg=job["train_cfg"], seed=s)
+                            for s in seeds])
+            sources = {s: r[0] for s, r in zip(seeds, refs)}
+        done = fan_out(lambda pair: submit(pair_rows, data_ref, resources, source=sources[pair[0]],
+                                           seed_target=pair[1], **job),
+                       pairs, max_in_flight, desc="transfers", progress=not args.no_progress)
+        for _, output in done:
+            rows += output.value
+    return rows

@@ -1,0 +1,174 @@
+"""Ensembles by transfer beside what a user would otherwise do: `python -m ltray.ensemble` (also `ltray ensemble`).
+
+In one run, for each of R repeats (independent seeds), it builds and evaluates on the test split:
+- source: the single source model;
+- checkpoint: the source run's last M epoch checkpoints (costs nothing beyond the source);
+- snapshot: Huang et al.'s snapshot ensemble: one SGD run with the source's recipe whose learning rate is
+  cosine-annealed over M equal cycles with restarts, the M cycle ends being the members (one run's cost);
+- full: M members trained independently like the source (the reference; a deep ensemble);
+- transferred: M members, each the source (of K independently trained ones, round-robin) transferred to a fresh
+  initialisation (--method), its best step fine-tuned for each of --finetune-epochs (each with its own data
+  order); with --with-sources the K sources are members too, beside M - K transferred ones.
+It reports accuracy, NLL, ECE, disagreement, ensemble gain and compute seconds (seconds_vs_full: against the
+full ensemble of the same size). Units of work (a training run, a transfer) fan out as Ray tasks; each finished
+unit is saved under DIR/members/, so a rerun with the same --out skips it; the Parquet files, the PNG and the
+printed table are rebuilt from all units. Metric definitions: ltray.metrics; seconds: ltray.ensemble.members.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..ensemble.recipe import Recipe, Unit, assemble, check, format_table, plan, source_epochs, summary_table
+from ..errors import LtrayError
+
+
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from .. import __version__
+    from ..cli.args import check_out_dir, configs_from_args
+    from ..config import FinetuneConfig, check_names
+    from ..core.trajectory import load_trajectory
+    from ..ensemble.members import load_unit
+    from ..results import config_hash
+    from ..runs import check_trajectory
+    from . import engine
+
+    methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
+    check_names(args.dataset, args.model, methods or ("",))
+    data_cfg, model_cfg, train_cfg, transfer_cfg = configs_from_args(args)
+    finetune_cfg = FinetuneConfig(max(args.finetune_epochs, default=0), args.finetune_lr, args.finetune_batch_size,
+                                  args.finetune_optimizer)
+    recipe = check(Recipe(args.members, args.sources, args.repeats, methods, tuple(args.finetune_epochs),
+                          tuple(args.trained_epochs), tuple(args.snapshot_epochs), args.full_ensemble,
+                          args.snapshot, args.with_sources, args.seed),
+                   train_cfg.epochs, train_cfg.cosine or train_cfg.warmup_epochs > 0, args.trajectory is not None)
+    if transfer_cfg.trajectory == "actual" and transfer_cfg.T > train_cfg.epochs:
+        raise LtrayError(f"--trajectory-kind actual needs --T <= the source's epochs ({train_cfg.epochs})")
+    engine.resources_from_args(args)
+    out = check_out_dir(args.out)
+    given = load_trajectory(args.trajectory) if args.trajectory else None
+    data = data_cfg.load()
+    if given is not None:
+        check_trajectory(given, model_cfg.build(data, 0), f"--trajectory {args.trajectory}")
+    seed_given = int(given.meta.get("seed", 0)) if given else None
+    # what determines the numbers (never the data's path); a unit file is reused only by a run computing the same
+    data_id = data_cfg.identity()
+    snapshot_cfg = {e: replace(train_cfg, epochs=e, cycles=args.members, cosine=False) for e in recipe.snapshot_epochs}
+    source_id = {u.source: (f"given-{trajectory_digest(given)}" if given else
+                            config_hash(data_id, model_cfg, train_cfg, {"seed": u.source}))
+                 for u in plan(recipe, train_cfg.epochs, seed_given) if u.source is not None}
+    keys = {"source": lambda u: (source_id[u.source], source_epochs(recipe, train_cfg.epochs)),
+            "full": lambda u: (data_id, model_cfg, train_cfg, recipe.trained_epochs, u.seed),
+            "snapshot": lambda u: (data_id, model_cfg, snapshot_cfg[u.epochs], u.seed),
+            "transferred": lambda u: (source_id[u.source], data_id, model_cfg, train_cfg, transfer_cfg,
+                                      replace(finetune_cfg, epochs=0), recipe.stages, u.method, u.seed)}
+    units = plan(recipe, train_cfg.epochs, seed_given)
+    path = {u: out / "members" / f"{u.name()}-{config_hash(*keys[u.kind](u), __version__)}.safetensors"
+            for u in units}
+    done = {u: load_unit(path[u]) for u in units if path[u].exists()}
+    todo = [u for u in units if u not in done]
+    if done:
+        print(f"{len(done)} of {len(units)} units already in {out / 'members'}; running {len(todo)}")
+    t0, task_seconds = time.perf_counter(), 0.0
+    if todo:
+        with engine.session(args.num_cpus, args.address):
+            resources, max_in_flight = engine.resolve_from_args(args)
+            jobs = dict(model_cfg=model_cfg, train_cfg=train_cfg, transfer_cfg=transfer_cfg, finetune_cfg=finetune_cfg,
+                        snapshot_cfg=snapshot_cfg, source_epochs=source_epochs(recipe, train_cfg.epochs),
+                        trained_epochs=recipe.trained_epochs, stages=recipe.stages)
+            task_seconds = _run_units(todo, path, done, {s: out / "sources" / f"{i}.safetensors"
+                                                         for s, i in source_id.items()},
+                                      given, data, data_cfg, jobs, resources, max_in_flight, not args.no_progress)
+    wall = time.perf_counter() - t0
+    run_id = config_hash(data_id, model_cfg, train_cfg, transfer_cfg, finetune_cfg, recipe, source_id)
+    finetune = dict(finetune_lr=finetune_cfg.lr, finetune_optimizer=finetune_cfg.optimizer, T=transfer_cfg.T)
+    _publish(recipe, train_cfg.epochs, {u: done[u] for u in units}, data, data_cfg, model_cfg, finetune, run_id, out, not args.no_plot)
+    if todo:
+        print(f"wall {wall:.1f} s for {len(todo)} units; their tasks' own seconds sum to {task_seconds:.1f} s")
+
+
+def _run_units(todo: list[Unit], path: dict, done: dict, source_file: dict, given, data, data_cfg, jobs: dict,
+               resources, max_in_flight: int, progress: bool) -> float:
+    """Fan the unfinished units out over Ray, saving each as it arrives; returns the sum of the tasks' seconds."""
+    import ray
+
+    from ..core.trajectory import load_trajectory, save_trajectory
+    from ..ensemble.members import save_unit, source_members, trained_members, transferred_members
+    from . import engine
+
+    data_ref, store = engine.put_data(data), engine.TrajectoryStore.remote()
+    refs, saved = {}, set()
+    for seed in dict.fromkeys(u.source for u in todo if u.source is not None):
+        if given is not None or source_file[seed].exists():
+            traj = given if given is not None else load_trajectory(source_file[seed])
+            refs[seed] = ray.get(store.put.remote(f"s{seed}", traj))[0]
+            saved.add(seed)
+        else:  # trained in a task whose result the store owns; transfers wait for it
+            refs[seed] = ray.get(store.train.remote(f"s{seed}", [data_ref], resources, data_cfg=data_cfg,
+                                                    model_cfg=jobs["model_cfg"], train_cfg=jobs["train_cfg"],
+                                                    seed=seed))[0]
+    seconds = 0.0
+
+    def submit(u: Unit):
+        if u.kind == "source":
+            return engine.submit(source_members, data_ref, resources, model_cfg=jobs["model_cfg"], source=refs[u.source],
+                                 epochs=jobs["source_epochs"])
+        if u.kind in ("full", "snapshot"):
+            cfg = jobs["train_cfg"] if u.kind == "full" else jobs["snapshot_cfg"][u.epochs]
+            epochs = jobs["trained_epochs"] if u.kind == "full" else \
+                tuple(range(u.epochs // cfg.cycles, u.epochs + 1, u.epochs // cfg.cycles))
+            return engine.submit(trained_members, data_ref, resources, kind=u.kind, model_cfg=jobs["model_cfg"],
+                                 train_cfg=cfg, seed=u.seed, epochs=epochs)
+        return engine.submit(transferred_members, data_ref, resources, model_cfg=jobs["model_cfg"],
+                             train_cfg=jobs["train_cfg"], transfer_cfg=jobs["transfer_cfg"],
+                             finetune_cfg=jobs["finetune_cfg"], stages=jobs["stages"], method=u.method,
+                             source=refs[u.source], seed=u.seed)
+
+    for u, output in engine.fan_out(submit, todo, max_in_flight, desc="units", progress=progress):
+        if u.source is not None and u.source not in saved:  # keep the source for reruns
+            with warnings.catch_warnings():  # a read-only view of the object store; saving only reads it
+                warnings.simplefilter("ignore", UserWarning)
+                source = ray.get(refs[u.source])
+                save_trajectory(source, source_file[u.source])
+            seconds += source.meta["train_seconds"]
+            saved.add(u.source)
+        for m in output.value:
+            m.row["repeat"] = u.repeat
+        save_unit(output.value, path[u])
+        done[u] = output.value
+        seconds += output.seconds
+    return seconds
+
+
+def trajectory_digest(traj) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(traj.checkpoints).tobytes()).hexdigest()[:12]
+
+
+def _publish(recipe: Recipe, epochs: int, units: dict, data, data_cfg, model_cfg, finetune: dict, run_id: str,
+             out: Path, plot: bool) -> None:
+    import pandas as pd
+
+    from ..models import DEFAULT_WIDTH
+    from ..results import ENSEMBLE_SCHEMA, MEMBERS_SCHEMA, provenance, write_parquet
+
+    width = model_cfg.width if model_cfg.width is not None else DEFAULT_WIDTH[model_cfg.name]
+    arch = dict(dataset=data_cfg.name, model=model_cfg.name, width=width)
+    members = [dict(arch, **m.row, **provenance(run_id)) for u in units for m in units[u]]
+    ensembles = pd.DataFrame([dict(arch, **row, **provenance(run_id))
+                              for row in assemble(recipe, epochs, units, data.test.y.numpy(), finetune)])
+    write_parquet(members, MEMBERS_SCHEMA, out / "members.parquet")
+    write_parquet(ensembles, ENSEMBLE_SCHEMA, out / "ensemble.parquet")
+    written = [out / "members.parquet", out / "ensemble.parquet"]
+    if plot:
+        from ..analysis.plots import ensemble_figure, save_figure
+        written.append(save_figure(ensemble_figure(ensembles, f"{data_cfg.name}, {model_cfg.name} width {width}"),
+                            out / "ensemble.png"))
+    print(format_table(summary_table(ensembles), len(data.test)))
+    print("wrote " + ", ".join(str(p) for p in written))

@@ -1,0 +1,152 @@
+"""The one unit of work: train a source, and transfer it to one target initialisation with every requested
+method (`transfer_pair`), as TransferResults or as TRANSFER_SCHEMA rows (`pair_rows`). The CLI, the Ray tasks,
+the ensemble builder and the analyses all go through it."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import DataConfig, ModelConfig, TrainConfig, TransferConfig
+from .core.specs import spec_for
+from .core.symmetry import Permutation
+from .core.trajectory import Layout, Trajectory
+from .core.transfer import TransferResult, transfer
+from .data import DataBundle
+from .errors import LtrayError
+from .models import DEFAULT_WIDTH, state_of
+from .training import train
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def train_source(data: DataBundle, data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 seed: int, device: str = "cpu", progress: bool = True) -> Trajectory:
+    """Train a source from build_model(seed=seed); the data order is drawn from the same seed."""
+    model = model_cfg.build(data, seed).to(device)
+    traj = train(model, state_of(model), data.train, train_cfg, seed, progress, desc=f"train s{seed}")
+    traj.meta.update(model=model_cfg.name, width=_width(model_cfg), depth=model_cfg.depth, dataset=data_cfg.name,
+                     classes=list(data_cfg.classes) if data_cfg.classes else None, epochs=train_cfg.epochs,
+                     num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
+                     train_config=asdict(train_cfg), ltray_version=__version__, torch_version=torch.__version__)
+    return traj
+
+
+def cached_source(data: DataBundle, data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                  seed: int, cache: str | Path | None, device: str = "cpu", progress: bool = True) -> Trajectory:
+    """train_source, kept in the folder `cache` (named by a hash of what determines it) and loaded from there
+    on later calls; with cache None, simply trained."""
+    from .core.trajectory import load_trajectory, save_trajectory
+    from .results import config_hash
+
+    if cache is None:
+        return train_source(data, data_cfg, model_cfg, train_cfg, seed, device, progress)
+    key = config_hash(data_cfg.identity(), model_cfg, train_cfg, {"seed": seed})
+    path = Path(cache) / f"{data_cfg.name}_{model_cfg.name}{_width(model_cfg)}_s{seed}_{key}.safetensors"
+    if path.exists():
+        return load_trajectory(path)
+    source = train_source(data, data_cfg, model_cfg, train_cfg, seed, device, progress)
+    save_trajectory(source, path)
+    return source
+
+
+def _width(model_cfg: ModelConfig) -> int:
+    return model_cfg.width if model_cfg.width is not None else DEFAULT_WIDTH[model_cfg.name]
+
+
+def check_trajectory(traj: Trajectory, model: torch.nn.Module, what: str = "trajectory") -> None:
+    """A one-line error when `traj` was not recorded for `model`'s architecture."""
+    problem = traj.layout.describe_mismatch(Layout.of(model.state_dict()))
+    if problem:
+        arch = f"{traj.meta.get('model')} width {traj.meta.get('width')} on {traj.meta.get('dataset')}"
+        raise LtrayError(f"{what} is for another architecture ({arch}): {problem}")
+
+
+@dataclass
+class PairOutcome:
+    """Everything one seed pair produced: per-method results and the times spent outside transfers."""
+    seed_source: int
+    seed_target: int
+    results: dict[str, TransferResult]
+    source_train_seconds: float
+    target_train_seconds: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+
+def transfer_pair(data: DataBundle, model_cfg: ModelConfig, train_cfg: TrainConfig, transfer_cfg: TransferConfig,
+                  methods: tuple[str, ...], source: Trajectory, seed_target: int, device: str = "cpu",
+                  progress: bool = False, seed: int | None = None, target: Trajectory | None = None) -> PairOutcome:
+    """Transfer `source` onto build_model(seed=seed_target) with each method (same mini-batches for all).
+
+    The oracle needs the actually trained target: `target` when given (trained from the same theta2^0),
+    else it is trained here with `train_cfg` (data order from seed_target). Either way its training time is
+    part of the oracle's transfer seconds."""
+    seed_source = int(source.meta.get("seed", 0))
+    model = model_cfg.build(data, seed_target).to(device)
+    check_trajectory(source, model)
+    spec = spec_for(model)
+    theta2_0 = {k: v.to(device) for k, v in state_of(model).items()}
+    seq = source.linear(transfer_cfg.T, transfer_cfg.schedule) if transfer_cfg.trajectory == "linear" \
+        else source.actual(transfer_cfg.T)
+    seed = seed_target if seed is None else seed
+    target_final, target_seconds = None, 0.0
+    if target is not None:
+        check_trajectory(target, model, "target trajectory")
+        target_final, target_seconds = target.state(-1, device), float(target.meta.get("train_seconds", 0.0))
+    results = {}
+    for method in methods:
+        extra = 0.0
+        if method == "oracle" and target_final is None:
+            t0 = time.perf_counter()
+            target = train(model, theta2_0, data.train, train_cfg, seed_target, progress, desc=f"target s{seed_target}")
+            target_final, target_seconds = target.state(-1, device), time.perf_counter() - t0
+        if method == "oracle":
+            extra = target_seconds
+        results[method] = transfer(method, model, spec, seq, theta2_0, data, transfer_cfg, seed=seed,
+                                   target_final=target_final, extra_seconds=extra, progress=progress)
+    return PairOutcome(seed_source, seed_target, results, float(source.meta.get("train_seconds", float("nan"))),
+                       target_seconds)
+
+
+def oracle_agreement(perm: Permutation, oracle: Permutation) -> float:
+    """Fraction of permuted units (all groups together) that `perm` sends where the Oracle's pi does."""
+    same = sum(int((perm[g].cpu() == oracle[g].cpu()).sum()) for g in oracle)
+    return same / sum(len(p) for p in oracle.values())
+
+
+def transfer_rows(results: dict[str, TransferResult], **columns) -> list[dict]:
+    """TRANSFER_SCHEMA rows, one per (method, step t), each with `columns` (scenario, seeds, T, provenance, ...).
+    oracle_agreement compares pi_t (the identity at t = 0) with the Oracle's final pi when the Oracle ran."""
+    oracle = results["oracle"].perms[-1] if "oracle" in results else None
+    rows = []
+    for result in results.values():
+        perms = [{g: torch.arange(len(p)) for g, p in result.perms[0].items()}] + list(result.perms)
+        for row, perm in zip(result.rows(), perms):
+            agreement = None if oracle is None else oracle_agreement(perm, oracle)
+            rows.append(dict(row, oracle_agreement=agreement, **columns))
+    return rows
+
+
+def pair_rows(data, *, data_cfg, model_cfg, train_cfg, transfer_cfg, methods: tuple[str, ...], source,
+              seed_target: int, run_id: str, device: str = "cpu", progress: bool = False) -> list[dict]:
+    """One (source, target) pair transferred with every method, as TRANSFER_SCHEMA rows (random-init scenario).
+    The same call runs in-process or as a Ray task (ltray.distributed.engine), so both give the same numbers."""
+    from .results import derive_seed, provenance
+
+    seed_source = int(source.meta.get("seed", 0))
+    outcome = transfer_pair(data, model_cfg, train_cfg, transfer_cfg, methods, source, seed_target, device,
+                            progress=progress, seed=derive_seed("transfer", seed_source, seed_target))
+    lr = (source.meta.get("train_config") or {}).get("lr", train_cfg.lr)
+    return transfer_rows(outcome.results, scenario="random", dataset=data_cfg.name,
+                         classes=",".join(map(str, data_cfg.classes)) if data_cfg.classes else None,
+                         pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name,
+                         width=int(source.meta.get("width", 0)), source_lr=lr, seed_source=seed_source,
+                         seed_target=seed_target, T=transfer_cfg.T, schedule=transfer_cfg.schedule,
+                         trajectory=transfer_cfg.trajectory, batch_size=transfer_cfg.batch_size,
+                         solver=transfer_cfg.solver, source_train_seconds=outcome.source_train_seconds,
+                         **provenance(run_id))
