@@ -6,7 +6,7 @@ itself (TransferConfig). Each validates itself and raises a one-line LtrayError;
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 
 from .errors import LtrayError
 
@@ -18,11 +18,14 @@ SWEEP_OBJECTIVES = {"best_val_acc": "best accuracy along the transferred traject
                     "finetuned_val_acc": "accuracy after fine-tuning the best step with Adam (searches finetune_lr)"}
 
 
+NOT_HASHED = {"hash": False}   # field metadata: where the files are, not what they hold (see results.config_hash)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
-    root: str | None = None
-    download: bool = False
+    root: str | None = field(default=None, metadata=NOT_HASHED)
+    download: bool = field(default=False, metadata=NOT_HASHED)
     classes: tuple[int, ...] | None = None
     max_train: int | None = None
     split_seed: int = 0
@@ -36,8 +39,7 @@ class DataConfig:
 
     def identity(self) -> dict:
         """What determines the data's numbers (not where the files are): the key of cached results."""
-        return {"name": self.name, "classes": self.classes, "max_train": self.max_train,
-                "split_seed": self.split_seed}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("hash", True)}
 
 
 @dataclass(frozen=True)

@@ -123,9 +123,22 @@ PLANE_SCHEMA = pa.schema([
 ])
 
 
+def _plain(value):
+    """JSON-able data of configs: dataclass fields (except those marked metadata={"hash": False}), recursively."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.metadata.get("hash", True)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def config_hash(*configs) -> str:
-    """A stable 12-hex-digit id of dataclasses / dicts (sha256 of sorted JSON, never Python's salted hash)."""
-    plain = [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs]
+    """A stable 12-hex-digit id of what determines a result: the configs (dataclasses, dicts; not where the data
+    lives) and the ltray version (a release that changes the numbers must not reuse older results). sha256 of
+    sorted JSON, never Python's salted hash."""
+    plain = [__version__] + [_plain(c) for c in configs]
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -59,6 +59,17 @@ def _width(model_cfg: ModelConfig) -> int:
     return model_cfg.width if model_cfg.width is not None else DEFAULT_WIDTH[model_cfg.name]
 
 
+def check_transfer(transfer_cfg: TransferConfig, data: DataBundle, source_epochs: int) -> None:
+    """Refuse, before any work, a transfer that cannot run on this data and source: a gradient batch larger than
+    the training split, or an actual trajectory of more steps than the source has epochs."""
+    from .core.transfer import check_gradient_batch
+
+    check_gradient_batch(transfer_cfg, data)
+    if transfer_cfg.trajectory == "actual" and transfer_cfg.T > source_epochs:
+        raise LtrayError(f"an actual trajectory of T={transfer_cfg.T} steps needs a source of at least T epochs, "
+                         f"not {source_epochs}; lower --T or use --trajectory-kind linear")
+
+
 def check_trajectory(traj: Trajectory, model: torch.nn.Module, what: str = "trajectory") -> None:
     """A one-line error when `traj` was not recorded for `model`'s architecture."""
     problem = traj.layout.describe_mismatch(Layout.of(model.state_dict()))

@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 
 from ltray.cli import main
-from ltray.distributed.sweep import SearchSpace
+from ltray.distributed.sweep import SearchSpace, run_id
 from ltray.errors import LtrayError
-from ltray.results import config_hash
 
 SMALL = ["--width", "32", "--epochs", "3", "--no-progress"]
 
@@ -78,8 +77,11 @@ def test_a_small_sweep_writes_one_row_per_trial(ray_session, tmp_path, capsys):
     assert (df.objective == "finetuned_val_acc").all() and (df.objective_value == df.finetuned_val_acc).all()
     assert df.finetune_lr.between(1e-5, 1e-3).all() and df.best_step.between(1, 3).all()
     assert set(df.seed_target) == {1000}
-    setup = json.loads((out / "sweep.json").read_text())      # what --resume reads back: it names the same run
-    assert set(df.config_hash) == {config_hash({k: v for k, v in setup.items() if k != "storage"})}
+    setup = json.loads((out / "sweep.json").read_text())      # what --resume reads back names the same run
+    assert set(df.config_hash) == {run_id(setup)}
+    moved = dict(setup, data_cfg=dict(setup["data_cfg"], root="/elsewhere"), storage="s3://bucket/x")
+    assert run_id(moved) == run_id(setup)                      # where data and state live is not part of it
+    assert run_id(dict(setup, space=dict(setup["space"], T=[2]))) != run_id(setup)
     assert (out / "tune" / "sweep").is_dir() and "wrote" in capsys.readouterr().out
     assert main(["sweep", *SMALL, "--out", str(out)]) == 2  # a second sweep into the same directory
 

@@ -13,7 +13,7 @@ with the same `train` config, data order from s2.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -236,7 +236,7 @@ def subsequent_training(scenario: Scenario, data: Data, run: PairRun, cfg: Finet
 
 
 def run_id(scenario: Scenario, *extra) -> str:
-    return config_hash(asdict(scenario), *extra)
+    return config_hash(scenario, *extra)
 
 
 # ---- mode connectivity: the paper's cases (Sec. 4.3) --------------------------------------------------

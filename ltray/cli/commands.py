@@ -26,7 +26,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     from ..config import check_names
     from ..core.trajectory import load_trajectory
     from ..results import TRANSFER_SCHEMA, config_hash, summarise, write_parquet
-    from ..runs import default_device, pair_rows, train_source
+    from ..runs import check_transfer, default_device, pair_rows, train_source
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if not methods:
@@ -43,6 +43,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     if given is not None:  # fail on an architecture mismatch before any training
         from ..runs import check_trajectory
         check_trajectory(given, model_cfg.build(data, 0), f"--trajectory {args.trajectory}")
+    check_transfer(transfer_cfg, data, len(given) - 1 if given is not None else train_cfg.epochs)
     run_id = config_hash(data_cfg, model_cfg, train_cfg, transfer_cfg, {"methods": methods})
     # pair k: source seed+k (or the given trajectory), target seed+1000+k
     pairs = [(int(given.meta.get("seed", 0)) if given else args.seed + k, args.seed + 1000 + k)

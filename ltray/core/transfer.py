@@ -46,6 +46,13 @@ class Profile(defaultdict):
             self[part] += time.perf_counter() - t0
 
 
+def check_gradient_batch(cfg: TransferConfig, data: DataBundle) -> None:
+    """A one-line error when a gradient batch B is larger than the training split (only whole batches are used)."""
+    if cfg.batch_size > len(data.train):
+        raise LtrayError(f"the gradient batch size B={cfg.batch_size} exceeds the {len(data.train)} training samples;"
+                         f" lower --batch-size")
+
+
 @dataclass
 class TransferContext:
     model: nn.Module
@@ -59,6 +66,7 @@ class TransferContext:
     profile: Profile = field(default_factory=Profile)
 
     def __post_init__(self):
+        check_gradient_batch(self.cfg, self.data)   # else drop_last leaves no batch and the stream spins
         self.gradient_pairs = 0          # (g2, g1) pairs computed: T for FGMT, T(T+1)/2 for GMT
         self.device = next(iter(self.theta2_0.values())).device
         self.delta0 = self.source[0]

@@ -25,17 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from ..ensemble.recipe import Recipe, Unit, assemble, check, format_table, plan, source_epochs, summary_table
-from ..errors import LtrayError
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
-    from .. import __version__
     from ..cli.args import check_out_dir, configs_from_args
     from ..config import FinetuneConfig, check_names
     from ..core.trajectory import load_trajectory
     from ..ensemble.members import load_unit
     from ..results import config_hash
-    from ..runs import check_trajectory
+    from ..runs import check_trajectory, check_transfer
     from . import engine
 
     methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
@@ -47,14 +45,13 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
                           tuple(args.trained_epochs), tuple(args.snapshot_epochs), args.full_ensemble,
                           args.snapshot, args.with_sources, args.seed),
                    train_cfg.epochs, train_cfg.cosine or train_cfg.warmup_epochs > 0, args.trajectory is not None)
-    if transfer_cfg.trajectory == "actual" and transfer_cfg.T > train_cfg.epochs:
-        raise LtrayError(f"--trajectory-kind actual needs --T <= the source's epochs ({train_cfg.epochs})")
     engine.resources_from_args(args)
     out = check_out_dir(args.out)
     given = load_trajectory(args.trajectory) if args.trajectory else None
     data = data_cfg.load()
     if given is not None:
         check_trajectory(given, model_cfg.build(data, 0), f"--trajectory {args.trajectory}")
+    check_transfer(transfer_cfg, data, len(given) - 1 if given is not None else train_cfg.epochs)
     seed_given = int(given.meta.get("seed", 0)) if given else None
     # what determines the numbers (never the data's path); a unit file is reused only by a run computing the same
     data_id = data_cfg.identity()
@@ -68,8 +65,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
             "transferred": lambda u: (source_id[u.source], data_id, model_cfg, train_cfg, transfer_cfg,
                                       replace(finetune_cfg, epochs=0), recipe.stages, u.method, u.seed)}
     units = plan(recipe, train_cfg.epochs, seed_given)
-    path = {u: out / "members" / f"{u.name()}-{config_hash(*keys[u.kind](u), __version__)}.safetensors"
-            for u in units}
+    path = {u: out / "members" / f"{u.name()}-{config_hash(*keys[u.kind](u))}.safetensors" for u in units}
     done = {u: load_unit(path[u]) for u in units if path[u].exists()}
     todo = [u for u in units if u not in done]
     if done:
@@ -87,7 +83,8 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     wall = time.perf_counter() - t0
     run_id = config_hash(data_id, model_cfg, train_cfg, transfer_cfg, finetune_cfg, recipe, source_id)
     finetune = dict(finetune_lr=finetune_cfg.lr, finetune_optimizer=finetune_cfg.optimizer, T=transfer_cfg.T)
-    _publish(recipe, train_cfg.epochs, {u: done[u] for u in units}, data, data_cfg, model_cfg, finetune, run_id, out, not args.no_plot)
+    _publish(recipe, train_cfg.epochs, {u: done[u] for u in units}, data, data_cfg, model_cfg, finetune, run_id, out,
+             not args.no_plot)
     if todo:
         print(f"wall {wall:.1f} s for {len(todo)} units; their tasks' own seconds sum to {task_seconds:.1f} s")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +122,6 @@ def evaluate_config(data, source, config: dict, *, model_cfg, train_cfg, transfe
                     seed_target: int, device: str = "cpu") -> dict:
     """Transfer `source` onto build_model(seed_target) with one sampled configuration; all the metrics."""
     import time
-    from dataclasses import replace
 
     from ..results import derive_seed
     from ..runs import transfer_pair
@@ -152,7 +151,11 @@ def trial(config: dict, data, source, setup: dict) -> None:
     from .engine import as_tensors, prepare_worker
 
     device = prepare_worker()
-    tune.report(evaluate_config(as_tensors(data), source, config, device=device, **setup))
+    try:
+        metrics = evaluate_config(as_tensors(data), source, config, device=device, **setup)
+    except LtrayError as e:   # deterministic: a retry would fail the same way, so report it instead of raising
+        metrics = {"ltray_error": str(e).strip().splitlines()[-1]}
+    tune.report(metrics)
 
 
 # ---- the command ---------------------------------------------------------------------------------------------
@@ -213,9 +216,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     space = SearchSpace(**{k: tuple(v) for k, v in setup["space"].items()})
     source = _given_source(setup["trajectory"], out / "source.safetensors")
     data = data_cfg.load()
+    from ..runs import check_trajectory, check_transfer
     if source is not None:
-        from ..runs import check_trajectory
         check_trajectory(source, model_cfg.build(data, 0), f"--trajectory {setup['trajectory']}")
+    check_transfer(replace(transfer_cfg, T=max(space.T), batch_size=max(space.batch_size)), data,
+                   len(source) - 1 if source is not None else train_cfg.epochs)   # the largest trial must fit
     with engine.session(args.num_cpus, args.address):
         resources = engine.resolve(resources, args.device, args.gpus_per_task is not None)
         if not args.resume:  # the sweep exists from here on: --resume finds it
@@ -290,16 +295,24 @@ def _fit(storage: str, resume: bool, space: SearchSpace, setup: dict, data, sour
     return tuner.fit()
 
 
+def run_id(setup: dict) -> str:
+    """The sweep's id: its configuration, where its data and Tune's state live excepted."""
+    from ..results import config_hash
+
+    rest = {k: v for k, v in setup.items() if k not in ("storage", "data_cfg", "model_cfg", "train_cfg", "transfer_cfg")}
+    return config_hash(*_configs(setup), rest)
+
+
 def _publish(grid, setup: dict, source, data_cfg, model_cfg, out: Path) -> None:
     import pandas as pd
 
-    from ..results import SWEEP_SCHEMA, config_hash, provenance, write_parquet
+    from ..results import SWEEP_SCHEMA, provenance, write_parquet
 
-    objective, run_id = setup["objective"], config_hash({k: v for k, v in setup.items() if k != "storage"})
+    objective = setup["objective"]
     rows = []
     for result in grid:
         cfg, m = result.config or {}, result.metrics or {}
-        error = str(result.error).strip().splitlines()[-1] if result.error else None
+        error = m.get("ltray_error") or (str(result.error).strip().splitlines()[-1] if result.error else None)
         status = "error" if error else "ok" if m.get(objective) is not None else "unfinished"
         rows.append(dict(trial_id=m.get("trial_id") or Path(result.path).name, status=status,
                          dataset=data_cfg.name, model=model_cfg.name, width=int(source.meta.get("width", 0)),
@@ -310,7 +323,7 @@ def _publish(grid, setup: dict, source, data_cfg, model_cfg, out: Path) -> None:
                          objective=objective, objective_value=m.get(objective),
                          **{k: m.get(k) for k in ("best_val_acc", "final_val_acc", "best_step", "finetuned_val_acc",
                                                   "transfer_seconds", "seconds")},
-                         error=error, **provenance(run_id)))
+                         error=error, **provenance(run_id(setup))))
     rows.sort(key=lambda r: r["trial_id"])
     path = write_parquet(rows, SWEEP_SCHEMA, out / "sweep.parquet")
     df = pd.DataFrame(rows)
