@@ -9,7 +9,7 @@ it) and `ltray.cli`.
 The public API below is imported on first use (PEP 562), so `import ltray` and `ltray --help` do not load torch.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"   # part of every cache key and run id: bump it when a change alters results
 
 _API = {  # name -> module that defines it
     "FinetuneConfig": "config", "TrainConfig": "config", "TransferConfig": "config", "METHODS": "config",

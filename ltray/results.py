@@ -154,11 +154,20 @@ def provenance(hash_: str) -> dict:
 
 
 def write_parquet(rows: list[dict] | pd.DataFrame, schema: pa.Schema, path: str | os.PathLike) -> Path:
-    """Write rows with exactly `schema`'s columns (extra keys are an error) to `path`, atomically."""
-    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=schema.names)
-    extra = set(df.columns) - set(schema.names)
-    if extra:
-        raise ValueError(f"columns not in the schema: {sorted(extra)}")
+    """Write rows with exactly `schema`'s columns to `path`, atomically (a temp file, then a rename). A row with a
+    key the schema lacks, or without one of its columns, is an error: nothing is dropped or filled in silently
+    (a column that does not apply to a row is given as None where the row is made)."""
+    if isinstance(rows, pd.DataFrame):
+        problems = [("not in the schema", set(rows.columns) - set(schema.names)),
+                    ("missing", set(schema.names) - set(rows.columns))]
+        df = rows
+    else:
+        problems = [(f"not in the schema (row {i})", set(r) - set(schema.names)) for i, r in enumerate(rows)] + \
+                   [(f"missing (row {i})", set(schema.names) - set(r)) for i, r in enumerate(rows)]
+        df = pd.DataFrame(rows, columns=schema.names)
+    for what, columns in problems:
+        if columns:
+            raise ValueError(f"{Path(path).name}: columns {what}: {sorted(columns)}")
     table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     path = Path(path)
     tmp = atomic_path(path)

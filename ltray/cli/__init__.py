@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from ..errors import LtrayError
 from .args import (add_data_args, add_ensemble_args, add_landscape_args, add_model_args, add_ray_args,
@@ -67,6 +69,10 @@ LANDSCAPE_DESCRIPTION = (
     "trajectory).")
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def build_parser(prog: str = "ltray") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Transfer learning trajectories of neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +92,8 @@ def main(argv: list[str] | None = None, prog: str = "ltray", command: str | None
         args = parser.parse_args(argv)
         args.command = command
     _, target, _, interrupted = COMMANDS[args.command]
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # SIGTERM unwinds like Ctrl-C
     try:
         module, name = target.split(":")
         getattr(importlib.import_module(module), name)(args)
@@ -95,6 +103,9 @@ def main(argv: list[str] | None = None, prog: str = "ltray", command: str | None
     except KeyboardInterrupt:
         print(f"ltray {args.command}: interrupted{interrupted}", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

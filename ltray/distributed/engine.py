@@ -71,6 +71,9 @@ def start(num_cpus: int | None = None, address: str | None = None) -> bool:
     except (ConnectionError, ValueError, RuntimeError) as e:
         where = f"join the Ray cluster at {address}" if address else "start a local Ray"
         raise LtrayError(f"cannot {where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+    if not address:   # the embedded Ray is ours: it goes when this process goes, however it ends
+        from .reaper import watch
+        watch()
     return True
 
 

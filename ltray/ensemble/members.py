@@ -43,6 +43,11 @@ def predict_proba(model: torch.nn.Module, state: dict, split, batch_size: int = 
     return torch.cat(out).numpy().astype(np.float32)
 
 
+# the transfer's columns of a member that was trained, not transferred
+NOT_TRANSFERRED = dict(transfer_seed=None, T=None, best_step=None, val_acc_transfer=None, test_acc_transfer=None,
+                       transfer_seconds=None, optimizer="sgd")
+
+
 def _member(model, state, data, **row) -> Member:
     probs = predict_proba(model, state, data.test)
     return Member(dict(row, **member_metrics(probs, data.test.y.numpy())), probs)
@@ -66,7 +71,7 @@ def trained_members(data, *, kind: str, model_cfg, train_cfg, seed: int, epochs:
     traj = train(model, state_of(model), data.train, train_cfg, seed, progress=False)
     return [_member(model, traj.state(e, device), data, kind=kind, method="sgd", seed_source=seed, seed=seed,
                     epochs=e, lr=train_cfg.lr, train_seconds=_epoch_seconds(traj.meta, e),
-                    seconds=_epoch_seconds(traj.meta, e)) for e in epochs]
+                    seconds=_epoch_seconds(traj.meta, e), **NOT_TRANSFERRED) for e in epochs]
 
 
 def source_members(data, *, model_cfg, source, epochs: tuple[int, ...], device: str = "cpu") -> list[Member]:
@@ -75,7 +80,7 @@ def source_members(data, *, model_cfg, source, epochs: tuple[int, ...], device: 
     seed, lr = int(source.meta.get("seed", 0)), (source.meta.get("train_config") or {}).get("lr")
     return [_member(model, source.state(e, device), data, kind="source", method="sgd", seed_source=seed, seed=seed,
                     epochs=e, lr=lr, train_seconds=_epoch_seconds(source.meta, e),
-                    seconds=_epoch_seconds(source.meta, e)) for e in epochs]
+                    seconds=_epoch_seconds(source.meta, e), **NOT_TRANSFERRED) for e in epochs]
 
 
 def transferred_members(data, *, model_cfg, train_cfg, transfer_cfg, finetune_cfg, stages: tuple[int, ...],

@@ -98,7 +98,7 @@ def source_epochs(recipe: Recipe, epochs: int) -> tuple[int, ...]:
 # ---- assembling ensembles from members (pure) ----------------------------------------------------------------
 
 def assemble(recipe: Recipe, epochs: int, units: dict[Unit, list], labels: np.ndarray,
-             finetune: dict | None = None) -> list[dict]:
+             finetune: dict) -> list[dict]:
     """ENSEMBLE_SCHEMA rows (without arch and provenance) of every ensemble of every repeat; `finetune` holds the
     transferred members' finetune_lr, finetune_optimizer and T."""
     from ..metrics import ensemble_metrics
@@ -111,7 +111,8 @@ def assemble(recipe: Recipe, epochs: int, units: dict[Unit, list], labels: np.nd
     def add(repeat, kind, members, source_seconds, own_seconds, sources, epochs_, method="sgd", stage=None):
         rows.append(dict(repeat=repeat, kind=kind, method=method, size=len(members), sources=sources,
                          with_sources=recipe.with_sources if kind == "transferred" else False, epochs=epochs_,
-                         finetune_epochs=stage, **((finetune or {}) if kind == "transferred" else {}), seeds=",".join(str(m.row["seed"]) for m in members),
+                         finetune_epochs=stage, **(finetune if kind == "transferred" else dict.fromkeys(finetune)),
+                         seeds=",".join(str(m.row["seed"]) for m in members),
                          n_test=len(labels), source_seconds=source_seconds, seconds=source_seconds + own_seconds,
                          **ensemble_metrics([m.probs for m in members], labels)))
 
