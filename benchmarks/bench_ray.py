@@ -106,8 +106,7 @@ def part_transfers(args) -> dict:
     t0 = time.perf_counter()  # cold start: worker processes import torch and ltray
     ray.get([engine.submit(noop, data_ref, engine.Resources(1)) for _ in range(args.workers)])
     record["worker_start_s"] = time.perf_counter() - t0
-    store = engine.TrajectoryStore.remote()
-    ref = ray.get(store.put.remote("source", source))[0]
+    ref = engine.TrajectoryStore().put("source", source)
     t0 = time.perf_counter()
     done = dict(engine.fan_out(lambda s: engine.submit(pair_rows, data_ref, engine.Resources(1), source=ref,
                                                        seed_target=s, **job), seeds, 2 * args.workers, progress=True))
@@ -163,8 +162,7 @@ def memory_mode(args) -> dict:
     data_ref = engine.put_data(data)
     seeds = [1000 + k for k in range(args.n)]
     if args.memory_mode == "shared":
-        store = engine.TrajectoryStore.remote()
-        ref = ray.get(store.put.remote("source", source))[0]
+        ref = engine.TrajectoryStore().put("source", source)
         submit = lambda s: engine.submit(measured(pair_rows), data_ref, engine.Resources(1), source=ref,  # noqa: E731
                                          seed_target=s, **job)
     else:

@@ -67,9 +67,9 @@ def test_tasks_read_one_stored_copy_of_a_trajectory(ray_session, digits):
     n = 6 * 2 ** 20  # 4 checkpoints x 6 Mi float32 = 96 MiB
     traj = Trajectory(Layout(("w",), ((n,),), ("float32",)), np.random.default_rng(0).random((4, n), np.float32),
                       {"seed": 0})
-    store, data_ref = engine.TrajectoryStore.remote(), engine.put_data(digits)
-    ref = ray.get(store.put.remote("big", traj))[0]
-    assert ray.get(store.names.remote()) == ["big"]
+    store, data_ref = engine.TrajectoryStore(), engine.put_data(digits)
+    ref = store.put("big", traj)
+    assert store.names() == ["big"]
     readers = [engine.submit(read_trajectory, data_ref, engine.Resources(1), source=ref, copy=False) for _ in range(4)]
     shared = [out.value for out in ray.get(readers)]
     copied = ray.get(engine.submit(read_trajectory, data_ref, engine.Resources(1), source=ref, copy=True)).value
@@ -79,7 +79,7 @@ def test_tasks_read_one_stored_copy_of_a_trajectory(ray_session, digits):
     # four readers together add less private memory than a tenth of one copy; one real copy adds a whole one
     assert sum(r["grown"] for r in shared) < 0.1 * size, [r["grown"] for r in shared]
     assert copied["grown"] > 0.9 * size
-    ray.get(store.drop.remote("big"))
+    store.drop("big")
 
 
 def test_store_loads_a_trajectory_file_and_names_what_it_holds(ray_session, source, tmp_path):
@@ -89,18 +89,15 @@ def test_store_loads_a_trajectory_file_and_names_what_it_holds(ray_session, sour
 
     path = tmp_path / "source.safetensors"
     save_trajectory(source, path)
-    store = engine.TrajectoryStore.remote()
-    ref = ray.get(store.load.remote("from-file", str(path)))[0]
+    store = engine.TrajectoryStore()
+    ref = store.load("from-file", path)
     loaded = ray.get(ref)
     assert np.array_equal(loaded.checkpoints, source.checkpoints) and loaded.layout == source.layout
-    assert ray.get(store.get.remote("from-file"))[0] == ref
+    assert store.get("from-file") == ref
     with pytest.raises(LtrayError, match="no trajectory named 'other'.*from-file"):
-        try:
-            ray.get(store.get.remote("other"))
-        except ray.exceptions.RayTaskError as e:  # actor errors arrive wrapped; the cause is ltray's
-            raise e.cause
-    ray.get(store.drop.remote("from-file"))
-    assert ray.get(store.names.remote()) == []
+        store.get("other")
+    store.drop("from-file")
+    assert store.names() == []
 
 
 # ---- tasks, fan-out, errors ------------------------------------------------------------------------------------
@@ -116,11 +113,9 @@ def test_tasks_set_torch_threads_to_their_cpus(ray_session, digits):
 
 
 def test_ray_fan_out_gives_the_in_process_numbers(ray_session, digits, source):
-    import ray
-
     seeds = [1000, 1001, 1002]
-    store, data_ref = engine.TrajectoryStore.remote(), engine.put_data(digits)
-    ref = ray.get(store.put.remote("s5", source))[0]
+    store, data_ref = engine.TrajectoryStore(), engine.put_data(digits)
+    ref = store.put("s5", source)
     got = list(engine.fan_out(lambda s: engine.submit(pair_rows, data_ref, engine.Resources(1), source=ref,
                                                       seed_target=s, **_job()), seeds, 2, progress=False))
     assert sorted(s for s, _ in got) == seeds
@@ -157,11 +152,9 @@ def test_fan_out_keeps_a_bound_on_tasks_in_flight(ray_session, digits):
 
 
 def test_a_task_error_comes_back_as_one_line(ray_session, digits, source):
-    import ray
-
     wider = ModelConfig("mlp", 48)
-    store, data_ref = engine.TrajectoryStore.remote(), engine.put_data(digits)
-    ref = ray.get(store.put.remote("s5", source))[0]
+    store, data_ref = engine.TrajectoryStore(), engine.put_data(digits)
+    ref = store.put("s5", source)
     job = dict(_job(), model_cfg=wider)
     with pytest.raises(LtrayError, match="another architecture") as err:
         list(engine.fan_out(lambda s: engine.submit(pair_rows, data_ref, engine.Resources(1), source=ref,
@@ -224,8 +217,8 @@ TWO_NODES = textwrap.dedent("""
     job = dict(data_cfg=DataConfig("digits"), model_cfg=ModelConfig("mlp", 32), train_cfg=TrainConfig(epochs=3, lr=0.1),
                transfer_cfg=TransferConfig(T=3, schedule="uniform"), methods=("fgmt",), run_id="x")
     source = train_source(data, job["data_cfg"], job["model_cfg"], job["train_cfg"], seed=5, progress=False)
-    store, data_ref = engine.TrajectoryStore.remote(), engine.put_data(data)
-    ref = ray.get(store.put.remote("s5", source))[0]
+    store, data_ref = engine.TrajectoryStore(), engine.put_data(data)
+    ref = store.put("s5", source)
     seeds = [1000, 1001, 1002, 1003]
     got = dict(engine.fan_out(lambda s: engine.submit(pair_rows, data_ref, engine.Resources(1), source=ref,
                                                       seed_target=s, **job), seeds, 2, progress=False))

@@ -3,7 +3,7 @@
 The core modules never import ray; this module runs their pure functions as Ray tasks:
 
     driver --ray.put once--> data (numpy splits, read zero-copy by every worker on the node)
-    TrajectoryStore actor --ray.put / owns its train tasks' results--> source trajectories
+    driver --TrajectoryStore: ray.put / submits the training tasks--> source trajectories (driver-owned)
     tasks: fn(data, device=..., source=<Trajectory, zero-copy>, **kwargs) with num_cpus / num_gpus each,
            at most `max_in_flight` submitted and unfinished; results stream back through ray.wait.
 
@@ -148,34 +148,35 @@ def as_tensors(data: DataBundle) -> DataBundle:
     return replace(data, train=split(data.train), val=split(data.val), test=split(data.test))
 
 
-@ray.remote(num_cpus=0)
 class TrajectoryStore:
-    """Owns source trajectories in the object store: it calls ray.put itself (or submits the training task),
-    so each trajectory lives as long as this actor. Methods return [ref], a list, so that callers receive
-    the reference and not its value; tasks are then given the ref and read the trajectory zero-copy."""
+    """Source trajectories in the object store, by name, owned by the driver that put them (ray.put, or the
+    training task it submitted). An object shares the fate of its owner (Ray's "anti-pattern: returning ray.put
+    refs from a task or actor"): owned by the command's own process, a trajectory lives exactly as long as the
+    run, and no actor or node can take it down on its own. Tasks are given the refs and read the arrays
+    zero-copy."""
 
     def __init__(self):
         self._refs: dict[str, ray.ObjectRef] = {}
 
-    def put(self, name: str, trajectory: Trajectory) -> list:
+    def put(self, name: str, trajectory: Trajectory) -> ray.ObjectRef:
         self._refs[name] = ray.put(trajectory)
-        return [self._refs[name]]
+        return self._refs[name]
 
-    def load(self, name: str, path: str) -> list:
-        """Load a trajectory file visible to this actor's node."""
+    def load(self, name: str, path: str | os.PathLike) -> ray.ObjectRef:
+        """Load a trajectory file (on the driver's machine) and put it."""
         return self.put(name, load_trajectory(path))
 
-    def train(self, name: str, data: list, resources: Resources, **job) -> list:
-        """Train a source in a task (`pipeline.train_source(**job)`); the store owns the task's result."""
+    def train(self, name: str, data: ray.ObjectRef, resources: Resources, **job) -> ray.ObjectRef:
+        """Train a source in a task (`ltray.runs.train_source(**job)`); tasks given the ref wait for it."""
         from ..runs import train_source
 
-        self._refs[name] = submit(train_source, data[0], resources, timed=False, progress=False, **job)
-        return [self._refs[name]]
+        self._refs[name] = submit(train_source, data, resources, timed=False, progress=False, **job)
+        return self._refs[name]
 
-    def get(self, name: str) -> list:
+    def get(self, name: str) -> ray.ObjectRef:
         if name not in self._refs:
             raise LtrayError(f"no trajectory named {name!r} in the store; it holds: {', '.join(self._refs)}")
-        return [self._refs[name]]
+        return self._refs[name]
 
     def names(self) -> list[str]:
         return list(self._refs)
@@ -328,15 +329,12 @@ def transfer_pairs(pairs: list[tuple[int, int]], given: Trajectory | None, data:
     rows = []
     with session(args.num_cpus, args.address):
         resources, max_in_flight = resolve_from_args(args)
-        store, data_ref = TrajectoryStore.remote(), put_data(data)
+        store, data_ref = TrajectoryStore(), put_data(data)
         if given is not None:
-            sources = dict.fromkeys({s for s, _ in pairs}, ray.get(store.put.remote("given", given))[0])
+            sources = dict.fromkeys({s for s, _ in pairs}, store.put("given", given))
         else:
-            seeds = sorted({s for s, _ in pairs})
-            refs = ray.get([store.train.remote(f"s{s}", [data_ref], resources, data_cfg=job["data_cfg"],
-                                               model_cfg=job["model_cfg"], train_cfg=job["train_cfg"], seed=s)
-                            for s in seeds])
-            sources = {s: r[0] for s, r in zip(seeds, refs)}
+            sources = {s: store.train(f"s{s}", data_ref, resources, data_cfg=job["data_cfg"], model_cfg=job["model_cfg"],
+                                      train_cfg=job["train_cfg"], seed=s) for s in sorted({s for s, _ in pairs})}
         done = fan_out(lambda pair: submit(pair_rows, data_ref, resources, source=sources[pair[0]],
                                            seed_target=pair[1], **job),
                        pairs, max_in_flight, desc="transfers", progress=not args.no_progress)

@@ -98,17 +98,15 @@ def _run_units(todo: list[Unit], path: dict, done: dict, source_file: dict, give
     from ..ensemble.members import save_unit, source_members, trained_members, transferred_members
     from . import engine
 
-    data_ref, store = engine.put_data(data), engine.TrajectoryStore.remote()
+    data_ref, store = engine.put_data(data), engine.TrajectoryStore()
     refs, saved = {}, set()
     for seed in dict.fromkeys(u.source for u in todo if u.source is not None):
         if given is not None or source_file[seed].exists():
-            traj = given if given is not None else load_trajectory(source_file[seed])
-            refs[seed] = ray.get(store.put.remote(f"s{seed}", traj))[0]
+            refs[seed] = store.put(f"s{seed}", given if given is not None else load_trajectory(source_file[seed]))
             saved.add(seed)
-        else:  # trained in a task whose result the store owns; transfers wait for it
-            refs[seed] = ray.get(store.train.remote(f"s{seed}", [data_ref], resources, data_cfg=data_cfg,
-                                                    model_cfg=jobs["model_cfg"], train_cfg=jobs["train_cfg"],
-                                                    seed=seed))[0]
+        else:  # trained in a task; the units that read the source wait for it
+            refs[seed] = store.train(f"s{seed}", data_ref, resources, data_cfg=data_cfg, model_cfg=jobs["model_cfg"],
+                                     train_cfg=jobs["train_cfg"], seed=seed)
     seconds = 0.0
 
     def submit(u: Unit):
