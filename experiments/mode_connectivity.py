@@ -17,7 +17,7 @@ from ltray.results import PATH_SCHEMA, PLANE_SCHEMA, provenance
 
 def body(exp):
     grids = (7, 7) if exp.args.smoke else (25, 21)
-    stamp = provenance(exp.run_id(grids))
+    stamp = provenance(exp.run_id(grids), exp.args.device)
     paths, planes = [], []
     for run in exp.runs():
         p, q = mode_connectivity(exp.scenario, exp.data, run, *grids, device=exp.args.device)

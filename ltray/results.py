@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 from . import __version__
 from .core.trajectory import atomic_path
 
+# Where a row came from: the run's id, the code, and where it was computed (results depend on the device and on
+# torch's thread count through float summation order).
 PROVENANCE = [pa.field("config_hash", pa.string()), pa.field("ltray_version", pa.string()),
-              pa.field("torch_version", pa.string())]
+              pa.field("torch_version", pa.string()), pa.field("device", pa.string()), pa.field("threads", pa.int64())]
 
 # ---- ensembles and sweeps (ltray.ensemble, ltray.distributed) ------------------------------------------------
 _ARCH = [pa.field("dataset", pa.string()), pa.field("model", pa.string()), pa.field("width", pa.int64())]
@@ -147,10 +149,12 @@ def derive_seed(*parts) -> int:
     return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
-def provenance(hash_: str) -> dict:
+def provenance(hash_: str, device: str = "cpu") -> dict:
+    """The PROVENANCE columns of a row computed in this process on `device` (threads: torch's thread count now)."""
     import torch
 
-    return {"config_hash": hash_, "ltray_version": __version__, "torch_version": torch.__version__}
+    return {"config_hash": hash_, "ltray_version": __version__, "torch_version": torch.__version__,
+            "device": str(device), "threads": torch.get_num_threads()}
 
 
 def write_parquet(rows: list[dict] | pd.DataFrame, schema: pa.Schema, path: str | os.PathLike) -> Path:

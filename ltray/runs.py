@@ -160,4 +160,4 @@ def pair_rows(data, *, data_cfg, model_cfg, train_cfg, transfer_cfg, methods: tu
                          seed_target=seed_target, T=transfer_cfg.T, schedule=transfer_cfg.schedule,
                          trajectory=transfer_cfg.trajectory, batch_size=transfer_cfg.batch_size,
                          solver=transfer_cfg.solver, source_train_seconds=outcome.source_train_seconds,
-                         **provenance(run_id))
+                         **provenance(run_id, device))

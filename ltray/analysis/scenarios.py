@@ -212,7 +212,7 @@ def transfer_rows(scenario: Scenario, run: PairRun, run_id: str) -> list[dict]:
                    T=cfg.T, schedule=cfg.schedule if cfg.trajectory == "linear" else None, trajectory=cfg.trajectory,
                    batch_size=cfg.batch_size, solver=cfg.solver,
                    source_train_seconds=float(run.source.meta.get("train_seconds", float("nan"))),
-                   **provenance(run_id))
+                   **provenance(run_id, next(iter(next(iter(run.results.values())).final.values())).device))
 
 
 def subsequent_training(scenario: Scenario, data: Data, run: PairRun, cfg: FinetuneConfig, run_id: str,
@@ -225,7 +225,7 @@ def subsequent_training(scenario: Scenario, data: Data, run: PairRun, cfg: Finet
     starts["standard"] = (run.target.state(0, device), 0)
     seed = derive_seed("subsequent", run.seed_source, run.seed_target)
     common = dict(scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target, lr=cfg.lr,
-                  **provenance(run_id))
+                  **provenance(run_id, device))
     rows = []
     for start, (state, step) in starts.items():
         _, history = finetune(model, state, data.task.train, data.task.val, cfg.epochs, cfg.lr, cfg.batch_size,

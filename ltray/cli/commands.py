@@ -119,7 +119,8 @@ def cmd_landscape(args: argparse.Namespace) -> None:
                   source_lr=None,
                   seed_source=None, seed_target=None, split=args.split,
                   **provenance(config_hash(data_cfg, model_cfg, {"points": args.points, "grid": grid,
-                                                                 "margin": args.margin, "split": args.split})))
+                                                                 "margin": args.margin, "split": args.split}),
+                               device))
     t0 = time.perf_counter()
     if len(labels) == 2:
         rows = [dict(r, point_a=labels[0], point_b=labels[1], method=None, case=None, **common)

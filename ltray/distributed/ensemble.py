@@ -155,8 +155,8 @@ def _publish(recipe: Recipe, epochs: int, units: dict, data, data_cfg, model_cfg
 
     width = model_cfg.width if model_cfg.width is not None else DEFAULT_WIDTH[model_cfg.name]
     arch = dict(dataset=data_cfg.name, model=model_cfg.name, width=width)
-    members = [dict(arch, **m.row, **provenance(run_id)) for u in units for m in units[u]]
-    ensembles = pd.DataFrame([dict(arch, **row, **provenance(run_id))
+    members = [{**arch, **provenance(run_id), **m.row} for u in units for m in units[u]]   # the task's device
+    ensembles = pd.DataFrame([{**arch, **provenance(run_id), **row}
                               for row in assemble(recipe, epochs, units, data.test.y.numpy(), finetune)])
     write_parquet(members, MEMBERS_SCHEMA, out / "members.parquet")
     write_parquet(ensembles, ENSEMBLE_SCHEMA, out / "ensemble.parquet")

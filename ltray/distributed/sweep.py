@@ -123,6 +123,8 @@ def evaluate_config(data, source, config: dict, *, model_cfg, train_cfg, transfe
     """Transfer `source` onto build_model(seed_target) with one sampled configuration; all the metrics."""
     import time
 
+    import torch
+
     from ..results import derive_seed
     from ..runs import transfer_pair
     from ..training import finetune
@@ -140,7 +142,7 @@ def evaluate_config(data, source, config: dict, *, model_cfg, train_cfg, transfe
         _, history = finetune(model, result.best, data.train, data.val, finetune_epochs, float(config["finetune_lr"]),
                               seed=derive_seed("finetune", seed_source, seed_target))
         metrics["finetuned_val_acc"] = history[-1]["val_acc"]
-    metrics["seconds"] = time.perf_counter() - t0
+    metrics.update(seconds=time.perf_counter() - t0, device=str(device), threads=torch.get_num_threads())
     return metrics
 
 
@@ -323,7 +325,8 @@ def _publish(grid, setup: dict, source, data_cfg, model_cfg, out: Path) -> None:
                          objective=objective, objective_value=m.get(objective),
                          **{k: m.get(k) for k in ("best_val_acc", "final_val_acc", "best_step", "finetuned_val_acc",
                                                   "transfer_seconds", "seconds")},
-                         error=error, **provenance(run_id(setup))))
+                         error=error, **{**provenance(run_id(setup)), "device": m.get("device"),
+                                         "threads": m.get("threads")}))
     rows.sort(key=lambda r: r["trial_id"])
     path = write_parquet(rows, SWEEP_SCHEMA, out / "sweep.parquet")
     df = pd.DataFrame(rows)

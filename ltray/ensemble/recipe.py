@@ -114,6 +114,7 @@ def assemble(recipe: Recipe, epochs: int, units: dict[Unit, list], labels: np.nd
                          finetune_epochs=stage, **(finetune if kind == "transferred" else dict.fromkeys(finetune)),
                          seeds=",".join(str(m.row["seed"]) for m in members),
                          n_test=len(labels), source_seconds=source_seconds, seconds=source_seconds + own_seconds,
+                         **_where(members),
                          **ensemble_metrics([m.probs for m in members], labels)))
 
     for r in range(recipe.repeats):
@@ -145,6 +146,13 @@ def assemble(recipe: Recipe, epochs: int, units: dict[Unit, list], labels: np.nd
             if x["repeat"] == r:
                 x["seconds_vs_full"] = x["seconds"] / sum(full[:x["size"]]) if x["size"] <= len(full) else float("nan")
     return rows
+
+
+def _where(members) -> dict:
+    """device and threads of an ensemble: its members' when they agree, else "mixed" and None."""
+    devices, threads = {m.row.get("device") for m in members}, {m.row.get("threads") for m in members}
+    return {"device": devices.pop() if len(devices) == 1 else "mixed",
+            "threads": threads.pop() if len(threads) == 1 else None}
 
 
 def summary_table(ensembles):
