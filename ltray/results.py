@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .core.trajectory import atomic_path
+from .core.trajectory import atomic_write
 
 # Where a row came from: the run's id, the code, and where it was computed (results depend on the device and on
 # torch's thread count through float summation order).
@@ -173,14 +173,7 @@ def write_parquet(rows: list[dict] | pd.DataFrame, schema: pa.Schema, path: str 
         if columns:
             raise ValueError(f"{Path(path).name}: columns {what}: {sorted(columns)}")
     table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def summarise(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:

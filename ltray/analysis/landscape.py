@@ -198,17 +198,10 @@ def save_state(state: State, path: str | os.PathLike, meta: Mapping | None = Non
 
     from safetensors.torch import save_file
 
-    from ..core.trajectory import atomic_path
+    from ..core.trajectory import atomic_write
 
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp),
-                  metadata={"ltray_state": json.dumps(dict(meta or {}))})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                                                    str(tmp), metadata={"ltray_state": json.dumps(dict(meta or {}))}))
 
 
 def load_point(spec: str) -> tuple[State, dict]:

@@ -16,7 +16,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from ..core.trajectory import atomic_path
+from ..core.trajectory import atomic_write
 from ..results import summarise
 
 # One colour and name per transfer method / start point, the same in every figure.
@@ -85,14 +85,7 @@ def heatmap(ax, u: np.ndarray, v: np.ndarray, z: np.ndarray, points: Mapping[str
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Write the figure as PNG atomically (a temp file beside `path`, then os.replace)."""
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 # ---- `ltray landscape` figures ------------------------------------------------------------------------

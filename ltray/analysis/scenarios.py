@@ -165,11 +165,10 @@ def transfer_all(scenario: Scenario, data: Data, source: Trajectory, target: Tra
 def save_result(result: TransferResult, path: Path) -> TransferResult:
     """Store a TransferResult (states, permutations, curves) as safetensors, atomically; returns it."""
     import json
-    import os
 
     from safetensors.torch import save_file
 
-    from ..core.trajectory import atomic_path
+    from ..core.trajectory import atomic_write
 
     tensors = {f"final/{k}": v for k, v in result.final.items()} | {f"best/{k}": v for k, v in result.best.items()}
     tensors |= {f"perm/{t}/{g}": p for t, perm in enumerate(result.perms) for g, p in perm.items()}
@@ -177,14 +176,9 @@ def save_result(result: TransferResult, path: Path) -> TransferResult:
     meta = {"method": result.method, "val_loss": result.val_loss, "val_acc": result.val_acc,
             "seconds": result.seconds, "best_step": result.best_step, "profile": result.profile,
             "gradient_pairs": result.gradient_pairs}
-    tmp = atomic_path(Path(path))
-    try:
-        # clone: best and final (and a fixed pi_t) are often the same tensor, which safetensors refuses
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"ltray_result": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # clone: best and final (and a fixed pi_t) are often the same tensor, which safetensors refuses
+    atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()},
+                                             str(tmp), metadata={"ltray_result": json.dumps(meta)}))
     return result
 
 

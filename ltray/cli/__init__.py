@@ -69,16 +69,31 @@ LANDSCAPE_DESCRIPTION = (
     "trajectory).")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem (and `--help` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
 def build_parser(prog: str = "ltray") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Transfer learning trajectories of neural networks.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog=prog, description="Transfer learning trajectories of neural networks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command, (add, _, text, _) in COMMANDS.items():
-        add(sub.add_parser(command, help=text, description=LANDSCAPE_DESCRIPTION if command == "landscape" else text))
+        _with_debug(add)(sub.add_parser(command, help=text,
+                                        description=LANDSCAPE_DESCRIPTION if command == "landscape" else text))
     return parser
+
+
+def _with_debug(add):
+    def added(p: argparse.ArgumentParser) -> None:
+        add(p)
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
+    return added
 
 
 def main(argv: list[str] | None = None, prog: str = "ltray", command: str | None = None) -> int:
@@ -87,8 +102,8 @@ def main(argv: list[str] | None = None, prog: str = "ltray", command: str | None
     if command is None:
         args = build_parser(prog).parse_args(argv)
     else:
-        parser = argparse.ArgumentParser(prog=prog, description=COMMANDS[command][2])
-        COMMANDS[command][0](parser)
+        parser = _Parser(prog=prog, description=COMMANDS[command][2])
+        _with_debug(COMMANDS[command][0])(parser)
         args = parser.parse_args(argv)
         args.command = command
     _, target, _, interrupted = COMMANDS[args.command]
@@ -98,6 +113,8 @@ def main(argv: list[str] | None = None, prog: str = "ltray", command: str | None
         module, name = target.split(":")
         getattr(importlib.import_module(module), name)(args)
     except LtrayError as e:
+        if args.debug:
+            raise
         print(f"ltray {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -88,11 +88,33 @@ def configs_from_args(args: argparse.Namespace):
     return data_cfg, preset["model"], preset["train"], transfer_cfg
 
 
-def check_out_dir(out: str, *files: str) -> Path:
+def check_out_dir(out: str, outputs: tuple[tuple[str, object], ...] = ()) -> Path:
+    """The output folder, refused before any work when it cannot be written (a file; a folder, or the nearest
+    existing parent of one to be made, this process may not write into) or when it holds one of `outputs`
+    (file name, pyarrow schema) with other columns: that is another tool's file, or another command's, and
+    is not overwritten."""
+    import os
+
     path = Path(out).resolve()
     if path.exists() and not path.is_dir():
         raise LtrayError(f"--out {out} exists and is not a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LtrayError(f"--out {out}: {existing} is not writable")
+    for name, schema in outputs:
+        if (path / name).exists() and _columns(path / name) != list(schema.names):
+            raise LtrayError(f"--out {out} holds a {name} that is not this command's (other columns); choose "
+                             f"another --out or move it away")
     return path
+
+
+def _columns(path: Path) -> list[str] | None:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).names
+    except Exception:   # not Parquet at all (pyarrow raises several types): certainly not ours
+        return None
 
 
 def add_ray_args(p: argparse.ArgumentParser) -> None:

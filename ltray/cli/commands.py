@@ -33,7 +33,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
         raise LtrayError("--methods is empty; choose from naive, oracle, gmt, fgmt")
     check_names(args.dataset, args.model, methods)
     data_cfg, model_cfg, train_cfg, transfer_cfg = configs_from_args(args)
-    out = check_out_dir(args.out)
+    out = check_out_dir(args.out, (("transfer.parquet", TRANSFER_SCHEMA),))
     use_ray = args.ray if args.ray is not None else (args.seeds > 1 or args.address is not None)
     if use_ray:
         from ..distributed import engine
@@ -94,7 +94,7 @@ def cmd_landscape(args: argparse.Namespace) -> None:
     if len(labels) != len(args.points) or len(set(labels)) != len(labels) or not all(labels):
         raise LtrayError(f"--labels needs {len(args.points)} distinct names, got {args.labels!r}")
     check_names(args.dataset, args.model)
-    out = check_out_dir(args.out)
+    out = check_out_dir(args.out, (("path.parquet", PATH_SCHEMA), ("plane.parquet", PLANE_SCHEMA)))
     loaded = [load_point(s) for s in args.points]
     points = {name: state for name, (state, _) in zip(labels, loaded)}
     check_same_architecture(points)

@@ -139,20 +139,34 @@ def atomic_path(path: Path):
     return Path(tmp)
 
 
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Write `path` whole or not at all: `write(tmp)` fills a temp file beside it, which then replaces `path`
+    (whatever was there stays until that moment). An unwritable folder or a full disk is one LtrayError line."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    tmp = None
+    try:
+        tmp = atomic_path(path)
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).split(": ", 1)[-1]
+        raise LtrayError(f"cannot write {path}: {reason}") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
 def save_trajectory(traj: Trajectory, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
-    path = Path(path)
     header = dict(traj.meta, layout={"names": list(traj.layout.names), "shapes": [list(s) for s in traj.layout.shapes],
                                       "dtypes": list(traj.layout.dtypes)})
-    tmp = atomic_path(path)
-    try:
-        save_file({"checkpoints": torch.from_numpy(np.ascontiguousarray(traj.checkpoints))}, str(tmp),
-                  metadata={"ltray": json.dumps(header)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: save_file(
+        {"checkpoints": torch.from_numpy(np.ascontiguousarray(traj.checkpoints))}, str(tmp),
+        metadata={"ltray": json.dumps(header)}))
 
 
 def load_trajectory(path: str | os.PathLike) -> Trajectory:

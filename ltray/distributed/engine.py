@@ -276,7 +276,10 @@ def fan_out(submit_one: Callable[[Item], ray.ObjectRef], items: Sequence[Item], 
 # ---- command-line helpers ----------------------------------------------------------------------------------
 
 def resources_from_args(args: argparse.Namespace) -> Resources:
-    """Validated before Ray starts; `resolve` then fills the GPU share and checks it against the cluster."""
+    """Validated before Ray starts (and before any work); `resolve` then fills the GPU share and checks it
+    against the cluster."""
+    if args.address and args.num_cpus:
+        raise LtrayError("--num-cpus caps the embedded local Ray; a cluster joined with --address keeps its own")
     return Resources(args.cpus_per_task, args.gpus_per_task or 0.0, args.max_retries)
 
 

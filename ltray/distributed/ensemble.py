@@ -32,7 +32,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     from ..config import FinetuneConfig, check_names
     from ..core.trajectory import load_trajectory
     from ..ensemble.members import load_unit
-    from ..results import config_hash
+    from ..results import ENSEMBLE_SCHEMA, MEMBERS_SCHEMA, config_hash
     from ..runs import check_trajectory, check_transfer
     from . import engine
 
@@ -46,7 +46,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
                           args.snapshot, args.with_sources, args.seed),
                    train_cfg.epochs, train_cfg.cosine or train_cfg.warmup_epochs > 0, args.trajectory is not None)
     engine.resources_from_args(args)
-    out = check_out_dir(args.out)
+    out = check_out_dir(args.out, (("members.parquet", MEMBERS_SCHEMA), ("ensemble.parquet", ENSEMBLE_SCHEMA)))
     given = load_trajectory(args.trajectory) if args.trajectory else None
     data = data_cfg.load()
     if given is not None:

@@ -202,7 +202,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from ..cli.args import check_out_dir
     from . import engine
 
-    out = check_out_dir(args.out)
+    from ..results import SWEEP_SCHEMA
+
+    out = check_out_dir(args.out, (("sweep.parquet", SWEEP_SCHEMA),))
     saved = out / "sweep.json"
     resources = engine.resources_from_args(args)
     if args.resume:

@@ -13,7 +13,6 @@ Seconds are the wall time of the work that made a member, without evaluation:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -124,15 +123,10 @@ def save_unit(members: list[Member], path: Path) -> None:
     """All members of one unit in one safetensors file (probabilities + rows), written atomically."""
     from safetensors.numpy import save_file
 
-    from ..core.trajectory import atomic_path
+    from ..core.trajectory import atomic_write
 
-    tmp = atomic_path(path)
-    try:
-        save_file({"probs": np.stack([m.probs for m in members])}, str(tmp),
-                  metadata={"rows": json.dumps([m.row for m in members])})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: save_file({"probs": np.stack([m.probs for m in members])}, str(tmp),
+                                             metadata={"rows": json.dumps([m.row for m in members])}))
 
 
 def load_unit(path: Path) -> list[Member]:
