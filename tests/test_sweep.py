@@ -110,3 +110,28 @@ def test_an_interrupted_sweep_resumes(ray_session, tmp_path):
     assert len(done) == 6 and set(done.status) == {"ok"}
     finished = first[first.status == "ok"].set_index("trial_id").best_val_acc
     assert (done.set_index("trial_id").best_val_acc.loc[finished.index] == finished).all()  # kept, not rerun
+
+
+def test_a_sweep_killed_outright_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
+    """SIGKILL the driver (no cleanup runs) once a trial has finished; --resume completes sweep.parquet."""
+    out = tmp_path / "sweep"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    address = ray_session.get_runtime_context().gcs_address
+    driver = subprocess.Popen([sys.executable, "-m", "ltray", "sweep", *SMALL, "--num-samples", "4", "--T", "2,3",
+                               "--method", "gmt", "--address", address, "--out", str(out)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, finished = time.time() + 240, []
+    while not finished:
+        assert time.time() < deadline and driver.poll() is None, "the sweep did not finish a trial"
+        finished = [p for p in (out / "tune").rglob("result.json") if p.stat().st_size] if (out / "tune").exists() \
+            else []
+        time.sleep(0.5)
+    time.sleep(2)                                  # Tune records the trial as done at its next step
+    driver.kill()
+    driver.communicate(timeout=60)
+    reported = {p.parent.name: p.read_text() for p in finished}
+    assert main(["sweep", "--resume", "--no-progress", "--out", str(out)]) == 0
+    done = pd.read_parquet(out / "sweep.parquet")
+    assert len(done) == 4 and set(done.status) == {"ok"} and done.trial_id.is_unique
+    for trial, text in reported.items():           # a finished trial was not run again: its results are as they were
+        assert (next((out / "tune").rglob(trial)) / "result.json").read_text() == text

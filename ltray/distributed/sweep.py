@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -277,6 +278,9 @@ def _fit(storage: str, resume: bool, space: SearchSpace, setup: dict, data, sour
 
     from .engine import as_numpy
 
+    # save the experiment's state at every step of Tune's loop (not every few seconds): after a driver killed
+    # outright, --resume then reruns no finished trial
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     finetune = setup["objective"] == "finetuned_val_acc"
     trial_setup = dict(model_cfg=model_cfg, train_cfg=train_cfg, transfer_cfg=transfer_cfg,
                        finetune_epochs=setup["finetune_epochs"], seed_target=setup["seed"] + 1000)
