@@ -193,6 +193,14 @@ def test_transfer_command_fans_seed_pairs_out_through_ray(ray_session, tmp_path,
     ray_rows, local_rows = (pd.read_parquet(tmp_path / d / "transfer.parquet") for d in ("ray", "local"))
     assert sorted(ray_rows.seed_source.unique()) == [0, 1] and sorted(ray_rows.seed_target.unique()) == [1000, 1001]
     pd.testing.assert_frame_equal(_numbers(ray_rows), _numbers(local_rows), atol=1e-4, rtol=1e-4)
+    # one worker at a time or two at once, the same seeds give the same Parquet, timings excepted
+    assert ltray_main([*args, "--seeds", "2", "--max-in-flight", "1", "--out", str(tmp_path / "one")]) == 0
+    one = pd.read_parquet(tmp_path / "one" / "transfer.parquet")
+    def numbers(df):   # rows come back in the order tasks finish
+        return df.drop(columns=["seconds", "source_train_seconds"]).sort_values(
+            ["seed_target", "method", "t"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(numbers(ray_rows), numbers(one), check_exact=True)
+    assert set(one.threads) == {1} and set(one.device) == {"cpu"}
     capsys.readouterr()
     assert ltray_main([*args, "--seeds", "2", "--gpus-per-task", "1", "--out", str(tmp_path / "gpu")]) == 2
     err = capsys.readouterr().err
