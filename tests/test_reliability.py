@@ -1,4 +1,5 @@
 """Faults a long run meets: a driver killed outright or interrupted leaves no process behind (checked by pid)."""
+import json
 import os
 import signal
 import subprocess
@@ -46,3 +47,26 @@ def test_a_stopped_driver_leaves_no_process_behind(tmp_path, how):
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+LISTENING = """
+import json, psutil, ray
+from ltray.distributed import engine
+engine.start(1)
+ray.get(ray.remote(lambda: 1).remote())              # a worker is up too
+tree = psutil.Process().children(recursive=True)
+pids = {p.pid for p in tree} | {psutil.Process().pid}
+listening = sorted({(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
+                    if c.status == "LISTEN" and c.pid in pids})
+print(json.dumps(listening))
+ray.shutdown()
+"""
+
+
+def test_the_embedded_ray_listens_on_localhost_only_and_runs_no_dashboard():
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    done = subprocess.run([sys.executable, "-c", LISTENING], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listening = json.loads(done.stdout.strip().splitlines()[-1])
+    assert listening and {ip for ip, _ in listening} <= {"127.0.0.1", "::1"}, listening
+    assert 8265 not in {port for _, port in listening}        # no dashboard unless asked for

@@ -67,6 +67,11 @@ def start(num_cpus: int | None = None, address: str | None = None) -> bool:
         if address:
             ray.init(address=address, logging_level="warning")
         else:
+            # The embedded Ray serves this process alone: its servers listen on the loopback interface only. Ray
+            # binds them to the node's address, which it takes to be 127.0.0.1 where clusters are off (its rule
+            # on macOS and Windows); switched off for this process's own Ray, never for a joined cluster.
+            from ray._private import ray_constants
+            ray_constants.ENABLE_RAY_CLUSTER = False
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
     except (ConnectionError, ValueError, RuntimeError) as e:
         where = f"join the Ray cluster at {address}" if address else "start a local Ray"
