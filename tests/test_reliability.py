@@ -1,4 +1,6 @@
-"""Faults a long run meets: a driver killed outright or interrupted leaves no process behind (checked by pid)."""
+"""Faults a long run meets: a driver killed outright or interrupted leaves no process behind (checked by pid), a
+worker killed mid fan-out costs no row, a killed ensemble continues where it stopped; what the CLI starts listens
+on localhost only."""
 import json
 import os
 import signal
@@ -6,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import psutil
 import pytest
 
@@ -70,3 +73,59 @@ def test_the_embedded_ray_listens_on_localhost_only_and_runs_no_dashboard():
     listening = json.loads(done.stdout.strip().splitlines()[-1])
     assert listening and {ip for ip, _ in listening} <= {"127.0.0.1", "::1"}, listening
     assert 8265 not in {port for _, port in listening}        # no dashboard unless asked for
+
+
+def pair_rows_or_die(data, *, device, marker, **job):
+    """ltray.runs.pair_rows, but the first attempt at target 1001 is killed by pid, as by the OOM killer."""
+    from ltray.runs import pair_rows
+
+    if job["seed_target"] == 1001 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return pair_rows(data, device=device, **job)
+
+
+def test_a_worker_killed_mid_fan_out_costs_no_row_and_doubles_none(ray_session, tmp_path):
+    from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
+    from ltray.distributed import engine
+    from ltray.runs import pair_rows, train_source
+
+    data = DataConfig("digits").load()
+    job = dict(data_cfg=DataConfig("digits"), model_cfg=ModelConfig("mlp", 16), train_cfg=TrainConfig(epochs=2, lr=0.1),
+               transfer_cfg=TransferConfig(T=2), methods=("naive", "fgmt"), run_id="x")
+    source = train_source(data, job["data_cfg"], job["model_cfg"], job["train_cfg"], seed=0, progress=False)
+    data_ref, ref = engine.put_data(data), engine.TrajectoryStore().put("s0", source)
+    targets = [1000, 1001, 1002, 1003]
+    got = engine.fan_out(lambda t: engine.submit(pair_rows_or_die, data_ref, engine.Resources(1, max_retries=2),
+                                                 source=ref, seed_target=t, marker=str(tmp_path / "m"), **job),
+                         targets, 2, progress=False)
+    rows = pd.DataFrame([r for _, out in got for r in out.value])
+    assert (tmp_path / "m").exists()                                  # the kill happened
+    assert len(rows) == len(targets) * 2 * 3 and not rows.duplicated(["seed_target", "method", "t"]).any()
+    clean = pd.DataFrame([r for t in targets for r in pair_rows(data, source=source, seed_target=t, **job)])
+    key = ["seed_target", "method", "t"]
+    pd.testing.assert_series_equal(rows.sort_values(key).val_acc.reset_index(drop=True),
+                                   clean.sort_values(key).val_acc.reset_index(drop=True), atol=1e-4)
+
+
+def test_an_ensemble_killed_outright_and_rerun_matches_an_uninterrupted_run(tmp_path):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    small = [sys.executable, "-m", "ltray.ensemble", "--width", "32", "--epochs", "4", "--T", "3", "--members", "2",
+             "--repeats", "3", "--finetune-epochs", "0,1", "--num-cpus", "2", "--no-progress", "--no-plot"]
+    driver = subprocess.Popen([*small, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "killed" / "members").glob("*.safetensors"))) < 3:
+        assert time.time() < deadline and driver.poll() is None, "no unit finished"
+        time.sleep(0.2)
+    driver.kill()
+    driver.communicate(timeout=60)
+    for out in ("killed", "clean"):       # the rerun continues; the clean run goes from scratch
+        done = subprocess.run([*small, "--out", str(tmp_path / out)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    numbers = ["repeat", "kind", "method", "size", "epochs", "seeds", "test_acc", "test_nll", "test_ece",
+               "disagreement"]
+    killed, clean = (pd.read_parquet(tmp_path / d / "ensemble.parquet")[numbers] for d in ("killed", "clean"))
+    pd.testing.assert_frame_equal(killed, clean)
+    assert not list((tmp_path / "killed" / "members").glob(".*.tmp"))   # no half-written unit left
