@@ -49,11 +49,12 @@ class ModelConfig:
     depth: int = 1
 
     def build(self, data, seed: int):
-        """build_model(name) for `data`'s classes and image shape, initialised from `seed`."""
-        from .models import build_model
+        """The model named `name` (ltray's, `torchvision:NAME` or `package.module:factory`; see
+        ltray.models.resolve_model) for `data`'s classes and image shape, initialised from `seed`."""
+        from .models import resolve_model
 
-        return build_model(self.name, data.num_classes, data.in_channels, data.image_size, self.width, seed,
-                           depth=self.depth)
+        return resolve_model(self.name, data.num_classes, data.in_channels, data.image_size, self.width, seed,
+                             depth=self.depth)
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,9 @@ def check_names(dataset: str, model: str | None = None, methods: tuple[str, ...]
 
     if dataset not in DATASETS:
         raise LtrayError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    if model is not None and model not in MODELS:
-        raise LtrayError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    if model is not None and model not in MODELS and ":" not in model:   # NAME:factory is checked when built
+        raise LtrayError(f"unknown model {model!r}; known: {', '.join(MODELS)}, torchvision:NAME, "
+                         f"package.module:factory")
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise LtrayError(f"unknown transfer method {bad[0]!r}; known: {', '.join(METHODS)}")

@@ -117,14 +117,26 @@ def resolve_model(name: str, num_classes: int = 10, in_channels: int = 1, image_
 
             if factory_name not in torchvision.models.list_models():
                 raise LtrayError(f"unknown torchvision model {factory_name!r} (see torchvision.models.list_models())")
-            if in_channels != 3:
-                raise LtrayError(f"torchvision models read 3-channel images; {name!r} cannot take {in_channels}")
             model = torchvision.models.get_model(factory_name, weights=None, num_classes=num_classes)
+            if in_channels != 3:    # e.g. MNIST: the stem convolution reads that many channels instead of RGB
+                model = _with_stem_channels(model, in_channels, name)
         else:
             model = _call_factory(source, factory_name, dict(num_classes=num_classes, in_channels=in_channels,
                                                              image_size=image_size))
     if not isinstance(model, nn.Module):
         raise LtrayError(f"{name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _with_stem_channels(model: nn.Module, in_channels: int, name: str) -> nn.Module:
+    """`model` with its first convolution (the stem, first in module order in torchvision's classifiers) made
+    anew for `in_channels` input channels; names, and so state_dict keys, stay as they are."""
+    parent, attr, stem = next(((p, a, m) for p in model.modules() for a, m in p.named_children()
+                               if isinstance(m, nn.Conv2d)), (None, None, None))
+    if stem is None or stem.groups != 1:
+        raise LtrayError(f"{name!r} reads 3-channel images and has no plain stem convolution to take {in_channels}")
+    setattr(parent, attr, nn.Conv2d(in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
+                                    stem.dilation, bias=stem.bias is not None))
     return model
 
 

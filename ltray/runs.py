@@ -56,15 +56,33 @@ def cached_source(data: DataBundle, data_cfg: DataConfig, model_cfg: ModelConfig
 
 
 def _width(model_cfg: ModelConfig) -> int:
-    return model_cfg.width if model_cfg.width is not None else DEFAULT_WIDTH[model_cfg.name]
+    return model_cfg.width if model_cfg.width is not None else DEFAULT_WIDTH.get(model_cfg.name)
 
 
-def check_transfer(transfer_cfg: TransferConfig, data: DataBundle, source_epochs: int) -> None:
-    """Refuse, before any work, a transfer that cannot run on this data and source: a gradient batch larger than
-    the training split, or an actual trajectory of more steps than the source has epochs."""
+_SPECS: dict = {}   # (model config, data shape) -> spec: derived once per process, not once per seed pair
+
+
+def model_spec(model_cfg: ModelConfig, model: torch.nn.Module, data: DataBundle):
+    """spec_for(model), with a batch of the training data as the example input of a derived spec."""
+    key = (model_cfg, data.num_classes, data.in_channels, data.image_size)
+    if key not in _SPECS:
+        device = next(model.parameters()).device
+        _SPECS[key] = spec_for(model, data.train.x[:2].to(device))
+    return _SPECS[key]
+
+
+def check_transfer(data: DataBundle, model_cfg: ModelConfig, transfer_cfg: TransferConfig, train_cfg: TrainConfig,
+                   source: Trajectory | None = None, what: str = "--trajectory") -> None:
+    """Refuse, before any work, a transfer that cannot run: a model that cannot be built (a misspelt
+    torchvision:NAME), a given source of another architecture, a gradient batch larger than the training split,
+    an actual trajectory of more steps than the source has epochs."""
     from .core.transfer import check_gradient_batch
 
+    model = model_cfg.build(data, 0)
+    if source is not None:
+        check_trajectory(source, model, what)
     check_gradient_batch(transfer_cfg, data)
+    source_epochs = len(source) - 1 if source is not None else train_cfg.epochs
     if transfer_cfg.trajectory == "actual" and transfer_cfg.T > source_epochs:
         raise LtrayError(f"an actual trajectory of T={transfer_cfg.T} steps needs a source of at least T epochs, "
                          f"not {source_epochs}; lower --T or use --trajectory-kind linear")
@@ -100,7 +118,7 @@ def transfer_pair(data: DataBundle, model_cfg: ModelConfig, train_cfg: TrainConf
     seed_source = int(source.meta.get("seed", 0))
     model = model_cfg.build(data, seed_target).to(device)
     check_trajectory(source, model)
-    spec = spec_for(model)
+    spec = model_spec(model_cfg, model, data)
     theta2_0 = {k: v.to(device) for k, v in state_of(model).items()}
     seq = source.linear(transfer_cfg.T, transfer_cfg.schedule) if transfer_cfg.trajectory == "linear" \
         else source.actual(transfer_cfg.T)

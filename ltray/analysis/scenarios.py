@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from ..config import METHODS, DataConfig, FinetuneConfig, ModelConfig, TrainConfig, TransferConfig
-from ..core.specs import spec_for
 from ..core.symmetry import apply_permutation
 from ..core.trajectory import State, Trajectory, load_trajectory, save_trajectory
 from ..core.transfer import TransferResult, transfer
@@ -27,7 +26,7 @@ from ..data import DataBundle
 from ..errors import LtrayError
 from ..models import has_batchnorm, state_of
 from ..results import config_hash, derive_seed, provenance
-from ..runs import check_trajectory
+from ..runs import check_trajectory, model_spec
 from ..runs import transfer_rows as rows_of
 from ..training import finetune, train
 from .landscape import Evaluator, linear_path, plane_surface
@@ -150,8 +149,8 @@ def transfer_all(scenario: Scenario, data: Data, source: Trajectory, target: Tra
     results = {}
     for m in methods:
         def make(m=m) -> TransferResult:
-            return transfer(m, model, spec_for(model), seq, theta2_0, data.task, cfg, seed=seed,
-                            target_final=theta2_T if m == "oracle" else None,
+            return transfer(m, model, model_spec(scenario.model, model, data.task), seq, theta2_0, data.task, cfg,
+                            seed=seed, target_final=theta2_T if m == "oracle" else None,
                             extra_seconds=float(target.meta.get("train_seconds", 0.0)) if m == "oracle" else 0.0,
                             progress=progress)
         if cache is None:
@@ -244,7 +243,7 @@ def mode_connectivity(scenario: Scenario, data: Data, run: PairRun, grid_1d: int
     and the 2-D surface on the plane through `plane_points` (names: "trained" or a method). Returns
     (path rows, plane rows) without provenance columns."""
     model = scenario.model.build(data.task, run.seed_target).to(device)
-    spec = spec_for(model)
+    spec = model_spec(scenario.model, model, data.task)
     evaluator = Evaluator(model, getattr(data.task, split), data.task.train, scenario.transfer.bn_samples)
     common = dict(scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target, split=split)
     theta1_T, theta2_T = run.source.state(-1, device), run.target.state(-1, device)

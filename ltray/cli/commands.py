@@ -40,10 +40,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
         engine.resources_from_args(args)  # bad resource flags fail before any loading
     given = load_trajectory(args.trajectory) if args.trajectory else None
     data = data_cfg.load()
-    if given is not None:  # fail on an architecture mismatch before any training
-        from ..runs import check_trajectory
-        check_trajectory(given, model_cfg.build(data, 0), f"--trajectory {args.trajectory}")
-    check_transfer(transfer_cfg, data, len(given) - 1 if given is not None else train_cfg.epochs)
+    check_transfer(data, model_cfg, transfer_cfg, train_cfg, given, f"--trajectory {args.trajectory}")
     run_id = config_hash(data_cfg, model_cfg, train_cfg, transfer_cfg, {"methods": methods})
     # pair k: source seed+k (or the given trajectory), target seed+1000+k
     pairs = [(int(given.meta.get("seed", 0)) if given else args.seed + k, args.seed + 1000 + k)

@@ -33,7 +33,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     from ..core.trajectory import load_trajectory
     from ..ensemble.members import load_unit
     from ..results import ENSEMBLE_SCHEMA, MEMBERS_SCHEMA, config_hash
-    from ..runs import check_trajectory, check_transfer
+    from ..runs import check_transfer
     from . import engine
 
     methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
@@ -49,9 +49,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     out = check_out_dir(args.out, (("members.parquet", MEMBERS_SCHEMA), ("ensemble.parquet", ENSEMBLE_SCHEMA)))
     given = load_trajectory(args.trajectory) if args.trajectory else None
     data = data_cfg.load()
-    if given is not None:
-        check_trajectory(given, model_cfg.build(data, 0), f"--trajectory {args.trajectory}")
-    check_transfer(transfer_cfg, data, len(given) - 1 if given is not None else train_cfg.epochs)
+    check_transfer(data, model_cfg, transfer_cfg, train_cfg, given, f"--trajectory {args.trajectory}")
     seed_given = int(given.meta.get("seed", 0)) if given else None
     # what determines the numbers (never the data's path); a unit file is reused only by a run computing the same
     data_id = data_cfg.identity()
@@ -153,7 +151,7 @@ def _publish(recipe: Recipe, epochs: int, units: dict, data, data_cfg, model_cfg
     from ..models import DEFAULT_WIDTH
     from ..results import ENSEMBLE_SCHEMA, MEMBERS_SCHEMA, provenance, write_parquet
 
-    width = model_cfg.width if model_cfg.width is not None else DEFAULT_WIDTH[model_cfg.name]
+    width = model_cfg.width if model_cfg.width is not None else DEFAULT_WIDTH.get(model_cfg.name)
     arch = dict(dataset=data_cfg.name, model=model_cfg.name, width=width)
     members = [{**arch, **provenance(run_id), **m.row} for u in units for m in units[u]]   # the task's device
     ensembles = pd.DataFrame([{**arch, **provenance(run_id), **row}

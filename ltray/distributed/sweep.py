@@ -221,11 +221,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     space = SearchSpace(**{k: tuple(v) for k, v in setup["space"].items()})
     source = _given_source(setup["trajectory"], out / "source.safetensors")
     data = data_cfg.load()
-    from ..runs import check_trajectory, check_transfer
-    if source is not None:
-        check_trajectory(source, model_cfg.build(data, 0), f"--trajectory {setup['trajectory']}")
-    check_transfer(replace(transfer_cfg, T=max(space.T), batch_size=max(space.batch_size)), data,
-                   len(source) - 1 if source is not None else train_cfg.epochs)   # the largest trial must fit
+    from ..runs import check_transfer
+    check_transfer(data, model_cfg, replace(transfer_cfg, T=max(space.T), batch_size=max(space.batch_size)),
+                   train_cfg, source, f"--trajectory {setup['trajectory']}")   # the largest trial must fit
     with engine.session(args.num_cpus, args.address):
         resources = engine.resolve(resources, args.device, args.gpus_per_task is not None)
         if not args.resume:  # the sweep exists from here on: --resume finds it
