@@ -200,11 +200,21 @@ class TaskOutput:
     pid: int
 
 
+def _limit_thread_pools(threads: int) -> None:
+    """Every native thread pool in the worker (OpenBLAS/MKL under numpy and scipy, OpenMP) sized to the task's
+    CPUs, not to the machine: two one-CPU tasks must not run four threads on two cores."""
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS now, so that the limit reaches it)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+
+
 def prepare_worker() -> str:
     """Threads = the CPUs Ray gave this task (workers are reused, so set it every time); the device follows
     the GPUs Ray assigned. Returns the device."""
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))
+    cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)))
+    torch.set_num_threads(cpus)
+    _limit_thread_pools(cpus)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
