@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ltray import evaluate
-from ltray.analysis.plots import band, figure, save_figure
+from ltray.analysis.plots import COLORS, NAMES, band, bands_note, figure, letter, save_figure
 from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
 from ltray.results import COSTS_SCHEMA, TRANSFER_SCHEMA, config_hash, derive_seed, provenance, summarise, write_parquet
 from ltray.runs import cached_source, transfer_pair, transfer_rows
@@ -103,21 +103,44 @@ def main() -> None:
     print(f"wrote {out}/transfer.parquet, costs.parquet and figures")
 
 
+# The paper's Fig. 4 (MNIST, T = 5, t = 1..5) and its reference line, from ../shared/paper/figure-data.md
+PAPER_T5 = {"naive": [61.86, 94.22, 96.99, 97.56, 97.74], "oracle": [91.87, 96.81, 97.47, 97.76, 97.95],
+            "gmt": [87.17, 96.76, 97.53, 97.87, 98.06], "fgmt": [87.17, 96.19, 97.47, 97.78, 97.94]}
+PAPER_TRAINED_EPOCH10 = 98.15
+
+
 def plot(df: pd.DataFrame, args, out: Path) -> None:
+    """One figure per lr: a panel per (schedule, T) on one y-axis, from t = 0, with the paper's values (T = 5)
+    as crosses and the sources' own validation accuracy as a dashed line."""
     Ts, schedules = sorted(df["T"].unique()), [s for s in args.schedules if s in set(df.schedule)]
+    costs = pd.read_parquet(out / "costs.parquet") if (out / "costs.parquet").exists() else None
     for lr in sorted(df.source_lr.unique()):
-        sub = df[(df.source_lr == lr) & (df.t > 0)]
+        sub = df[df.source_lr == lr]
         fig, axes = figure(ncols=len(Ts), nrows=len(schedules))
+        source = costs[costs.lr == lr].groupby("seed_source").source_val_acc.first() if costs is not None else None
         for i, schedule in enumerate(schedules):
             for j, T in enumerate(Ts):
                 ax = axes[i, j]
+                if (i, j) != (0, 0):
+                    ax.sharey(axes[0, 0])
                 band(ax, sub[(sub["T"] == T) & (sub.schedule == schedule)], "t", "val_acc", "method",
-                     order=["naive", "oracle", "gmt", "fgmt"])
-                ax.set(title=f"T={T}, {schedule} lambda", xlabel="transfer step t", ylabel="validation accuracy (%)")
+                     order=["naive", "oracle", "gmt", "fgmt"], dodge=0.08)
+                if T == 5 and not args.smoke:
+                    for method, values in PAPER_T5.items():
+                        ax.plot(range(1, 6), values, linestyle="none", marker="x", markersize=5,
+                                color=COLORS[method], label=f"{NAMES[method]}, paper" if (i, j) == (0, 0) else None)
+                    ax.axhline(PAPER_TRAINED_EPOCH10, color="black", linestyle=":", linewidth=0.8,
+                               label="paper: trained, epoch 10" if (i, j) == (0, 0) else None)
+                if source is not None and len(source):
+                    ax.axhline(source.mean(), color="tab:red", linestyle="--", linewidth=0.8,
+                               label=f"our sources (n={len(source)})" if (i, j) == (0, 0) else None)
+                letter(ax, i * len(Ts) + j, f"T = {T}, {schedule} λ")
+                ax.set(xlabel="transfer step $t$", ylabel=r"validation accuracy of $\theta_2^t$ (%)")
                 ax.xaxis.get_major_locator().set_params(integer=True)
-                ax.legend(fontsize=7)
-        fig.suptitle(f"MNIST 2-MLP (width {args.width}), source SGD lr={lr:g}\ntransferred validation accuracy"
-                     if not args.smoke else "smoke run (digits)")
+        axes[0, 0].legend(fontsize=6, ncol=2)
+        fig.suptitle(f"MNIST 2-MLP (width {args.width}), source SGD lr {lr:g}, linear trajectories: transferred "
+                     f"validation accuracy" if not args.smoke else "smoke run (digits)", fontsize=9)
+        bands_note(fig)
         save_figure(fig, out / f"transfer_lr{lr:g}.png")
     (out / "summary.md").write_text(summary_markdown(df))
 

@@ -34,43 +34,63 @@ def figure(ncols: int = 1, nrows: int = 1, panel: tuple[float, float] = (4.6, 3.
     return fig, axes
 
 
+MARKERS = {"naive": "s", "oracle": "D", "gmt": "o", "fgmt": "^", "standard": "v", "trained": "P"}
+PANEL = "({})"   # panel letters: (a), (b), ...
+
+
 def band(ax, df: pd.DataFrame, x: str, y: str, hue: str, order: Sequence[str] | None = None,
          names: Mapping[str, str] | None = None, colors: Mapping[str, str] | None = None,
-         linestyle: str = "-", marker: str | None = "o") -> pd.DataFrame:
+         linestyle: str = "-", marker: str | None = None, dodge: float = 0.0) -> pd.DataFrame:
     """Plot mean +- std of `y` over the rows sharing (`hue`, `x`) (one row per seed) as a line with a shaded
-    band; the legend entry gives n, the number of seeds. Returns the summary (hue, x, mean, std, n)."""
+    band; the legend entry gives n, the number of seeds. Each hue has its own marker, and with `dodge` the
+    curves are shifted apart along x by that fraction of the x step, so one curve cannot hide another that it
+    overlaps. Returns the summary (hue, x, mean, std, n)."""
     names = {**NAMES, **(names or {})}
     colors = {**COLORS, **(colors or {})}
     stats = summarise(df, [hue, x], y)
     keys = list(order) if order is not None else list(dict.fromkeys(stats[hue]))
-    for key in keys:
+    keys = [k for k in keys if (stats[hue] == k).any()]
+    xs = np.sort(stats[x].unique())
+    step = float(np.min(np.diff(xs))) if len(xs) > 1 else 1.0
+    for i, key in enumerate(keys):
         s = stats[stats[hue] == key].sort_values(x)
-        if s.empty:
-            continue
         n = int(s["n"].min())
         std = s["std"].fillna(0.0).to_numpy()
-        color = colors.get(key)
-        line, = ax.plot(s[x], s["mean"], linestyle=linestyle, marker=marker, markersize=3, color=color,
-                        label=f"{names.get(key, key)} (n={n})")
-        ax.fill_between(s[x], s["mean"] - std, s["mean"] + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        at = s[x].to_numpy(float) + dodge * step * (i - (len(keys) - 1) / 2)
+        line, = ax.plot(at, s["mean"], linestyle=linestyle, marker=marker or MARKERS.get(key, "o"), markersize=3.5,
+                        color=colors.get(key), label=f"{names.get(key, key)} (n={n})")
+        ax.fill_between(at, s["mean"] - std, s["mean"] + std, color=line.get_color(), alpha=0.15, linewidth=0)
     return stats
 
 
+def letter(ax, i: int, title: str = "") -> None:
+    """Panel letter (a), (b), ... and title, on the left of the panel's top."""
+    ax.set_title(f"{PANEL.format(chr(97 + i))} {title}".strip(), loc="left", fontsize=9)
+
+
+def bands_note(fig: Figure, unit: str = "seed pairs") -> None:
+    fig.text(0.995, 0.005, f"lines: mean; bands: ± std over n {unit} (n in the legend)", ha="right", va="bottom",
+             fontsize=7, color="dimgray")
+
+
 def heatmap(ax, u: np.ndarray, v: np.ndarray, z: np.ndarray, points: Mapping[str, tuple[float, float]] | None = None,
-            label: str = "loss", log: bool = True, levels: int = 12, cmap: str = "viridis"):
-    """z[i, j] at (u[j], v[i]) as a colour map with contour lines (log-spaced when `log`), the named
-    `points` marked and labelled. Returns the colour bar."""
+            label: str = "loss", log: bool = True, levels: int = 12, cmap: str = "viridis", norm=None,
+            colorbar: bool = True):
+    """z[i, j] at (u[j], v[i]) as a colour map with contour lines (log-spaced when `log`), the named `points`
+    marked and labelled. `norm` shares one colour scale between panels. Contour labels near a point are left
+    out, so they do not collide with its name. Returns the mappable (for a shared colour bar)."""
     z = np.asarray(z, dtype=float)
-    if log:
-        lo, hi = max(float(np.nanmin(z)), 1e-6), float(np.nanmax(z))
-        hi = max(hi, lo * 1.0001)
-        norm = LogNorm(lo, hi)
-        contour_levels = np.geomspace(lo, hi, levels)
-    else:
-        norm, contour_levels = None, levels
+    if norm is None and log:
+        norm = shared_norm([z])
+    contour_levels = np.geomspace(norm.vmin, norm.vmax, levels) if log else levels
     mesh = ax.pcolormesh(u, v, z, norm=norm, cmap=cmap, shading="gouraud")
     cs = ax.contour(u, v, z, levels=contour_levels, colors="white", linewidths=0.6, alpha=0.8)
-    ax.clabel(cs, fontsize=6, fmt=lambda val: f"{val:.3g}")
+    texts = ax.clabel(cs, fontsize=6, fmt=lambda val: f"{val:.3g}")
+    span = max(float(np.ptp(u)), float(np.ptp(v)), 1e-12)
+    for text in texts:
+        tx, ty = text.get_position()
+        if any(np.hypot(tx - pu, ty - pv) < 0.12 * span for pu, pv in (points or {}).values()):
+            text.remove()
     mid = (np.min(u) + np.max(u)) / 2
     for name, (pu, pv) in (points or {}).items():
         ax.plot([pu], [pv], marker="o", markersize=6, color="white", markeredgecolor="black")
@@ -78,9 +98,16 @@ def heatmap(ax, u: np.ndarray, v: np.ndarray, z: np.ndarray, points: Mapping[str
         ax.annotate(name, (pu, pv), textcoords="offset points", xytext=(-5 if right else 5, 5), fontsize=8,
                     color="white", fontweight="bold", ha="right" if right else "left")
     ax.set_aspect("equal", adjustable="box")
-    bar = ax.figure.colorbar(mesh, ax=ax, shrink=0.85)
-    bar.set_label(label)
-    return bar
+    if colorbar:
+        ax.figure.colorbar(mesh, ax=ax, shrink=0.85).set_label(label)
+    return mesh
+
+
+def shared_norm(surfaces) -> LogNorm:
+    """One logarithmic colour scale over several loss surfaces."""
+    lo = max(min(float(np.nanmin(z)) for z in surfaces), 1e-6)
+    hi = max(max(float(np.nanmax(z)) for z in surfaces), lo * 1.0001)
+    return LogNorm(lo, hi)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
@@ -127,114 +154,150 @@ ORDER = ["naive", "oracle", "gmt", "fgmt", "standard"]
 
 
 def _title(df: pd.DataFrame) -> str:
+    """Dataset (and pre-training), model, width, the source's lr, and T with the lambda schedule when the rows
+    have them, e.g. 'MNIST, mlp width 1024, source lr 0.01, T = 10 (cosine)'."""
     r = {k: (v if pd.notna(v) else None) for k, v in df.iloc[0].items()}  # Parquet nulls come back as NaN
     task = f"{r['dataset']}" + (f" {{{r['classes']}}}" if r.get("classes") else "")
     if r.get("scenario") == "pretrained":
         pre = f"{r['pretrain_dataset']}" + (f" {{{r['pretrain_classes']}}}" if r.get("pretrain_classes") else "")
         task = f"pre-trained on {pre} -> fine-tuned on {task}"
-    return f"{task}, {r['model']} width {r['width']}"
+    parts = [task, f"{r['model']} width {r['width']}"]
+    if r.get("source_lr") is not None:
+        parts.append(f"source lr {r['source_lr']:g}")
+    if r.get("T") is not None:
+        parts.append(f"T = {int(r['T'])}" + (f" ({r['schedule']} λ)" if r.get("schedule") else ""))
+    return ", ".join(parts)
 
 
 def transfer_figure(rows, chance: float | None = None) -> Figure:
-    """Validation accuracy and loss of theta2^t along the transfer, mean +- std over seed pairs (paper Fig. 4),
-    and, when the rows have it, how much of pi_t agrees with the Oracle's permutation."""
+    """Validation accuracy and loss of θ2^t along the transfer from t = 0, mean ± std over seed pairs (paper
+    Fig. 4), and, when the rows have it, how much of π_t agrees with the Oracle's permutation."""
     df = pd.DataFrame(rows)
-    panels = [("val_acc", "validation accuracy (%)"), ("val_loss", "validation loss")]
+    panels = [("val_acc", "validation accuracy (%)", r"accuracy of $\theta_2^t$"),
+              ("val_loss", "validation loss (log scale)", r"loss of $\theta_2^t$")]
     if "oracle_agreement" in df and df.oracle_agreement.notna().any():
         df = df.assign(agreement=100 * df.oracle_agreement)
-        panels.append(("agreement", "units pi_t maps as Oracle's pi does (%)"))
+        panels.append(("agreement", r"units $\pi_t$ maps as the Oracle's $\pi$ (%)", r"agreement of $\pi_t$"))
     fig, axes = figure(len(panels), 1)
-    for ax, (y, label) in zip(axes[0], panels):
+    for i, (ax, (y, label, title)) in enumerate(zip(axes[0], panels)):
         # the Oracle agrees with itself (100 %) by definition: leave it out so the others' scale shows
-        band(ax, df[df.method != "oracle"] if y == "agreement" else df, "t", y, "method", order=ORDER)
-        ax.set_xlabel("transfer step t")
+        band(ax, df[df.method != "oracle"] if y == "agreement" else df, "t", y, "method", order=ORDER, dodge=0.08)
+        ax.set_xlabel("transfer step $t$")
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        letter(ax, i, title)
     if chance is not None:
         axes[0, 0].axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
     axes[0, 1].set_yscale("log")
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=7)
     fig.suptitle(_title(df), fontsize=9)
+    bands_note(fig)
     return fig
 
 
 def subsequent_figure(rows) -> Figure:
     """Validation accuracy per epoch of training from each method's best transferred point and from the plain
-    initialisation (paper Fig. 5); right: the same from epoch 1 on."""
+    initialisation (paper Fig. 5); right: from epoch 1 on, the y range fitted to the transferred starts so
+    their differences show (the standard start may lie below it: its values are in the left panel)."""
     df = pd.DataFrame(rows)
     fig, axes = figure(2, 1)
-    band(axes[0, 0], df, "epoch", "val_acc", "start", order=ORDER)
-    band(axes[0, 1], df[df.epoch >= 1], "epoch", "val_acc", "start", order=ORDER)
-    for ax, title in ((axes[0, 0], "from the start (epoch 0)"), (axes[0, 1], "epochs >= 1")):
+    band(axes[0, 0], df, "epoch", "val_acc", "start", order=ORDER, dodge=0.06)
+    later = df[df.epoch >= 1]
+    stats = band(axes[0, 1], later, "epoch", "val_acc", "start", order=ORDER, dodge=0.06)
+    moved = stats[stats.start != "standard"]
+    lo, hi = float((moved["mean"] - moved["std"].fillna(0)).min()), float((moved["mean"] + moved["std"].fillna(0)).max())
+    pad = 0.15 * max(hi - lo, 0.1)
+    axes[0, 1].set_ylim(lo - pad, hi + pad)
+    for i, (ax, title) in enumerate(((axes[0, 0], "from the start (epoch 0)"),
+                                     (axes[0, 1], "epochs ≥ 1, zoomed on the transferred starts"))):
         ax.set_xlabel("epoch of subsequent training (Adam)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("validation accuracy (%)")
-        ax.set_title(title, fontsize=9)
-    axes[0, 0].legend(fontsize=8)
+        letter(ax, i, title)
+    axes[0, 0].legend(fontsize=7)
     fig.suptitle(_title(df), fontsize=9)
+    bands_note(fig)
     return fig
 
 
 def paths_figure(rows) -> Figure:
     """Loss and accuracy along the linear paths Source* -> transferred and Trained -> transferred (paper
-    Fig. 6a/b); the legend gives each method's loss barrier, mean +- std."""
+    Fig. 6a/b), the two cases on shared y-axes; the loss on a log scale when one curve dwarfs the others; the
+    legend gives each method's loss barrier, mean ± std."""
     df = pd.DataFrame(rows)
     fig, axes = figure(2, 2)
-    for j, (case, start) in enumerate((("source", "Source* = pi theta1^T"), ("trained", "Trained theta2^T"))):
+    for i in range(2):
+        axes[i, 1].sharey(axes[i, 0])
+    for j, (case, start) in enumerate((("source", r"Source* $= \pi\theta_1^T$"),
+                                       ("trained", r"Trained $\theta_2^T$"))):
         sub = df[df.case == case]
         barriers = sub.groupby(["method", "seed_source", "seed_target"])["barrier"].first().groupby("method")
-        names = {m: f"{NAMES.get(m, m)}, barrier {b.mean():.3f} +- {b.std():.3f}" for m, b in barriers}
+        names = {m: f"{NAMES.get(m, m)}, barrier {b.mean():.3f} ± {b.std():.3f}" for m, b in barriers}
         for i, (y, label) in enumerate((("loss", "validation loss"), ("acc", "validation accuracy (%)"))):
             ax = axes[i, j]
-            band(ax, sub, "alpha", y, "method", order=ORDER, names=names if i == 0 else None)
-            ax.set_xlabel(f"alpha (0: {start}, 1: transferred theta2^T)")
+            band(ax, sub, "alpha", y, "method", order=ORDER, names=names if i == 0 else None, dodge=0.1)
+            ax.set_xlabel(f"α (0: {start}, 1: transferred " + r"$\theta_2^T$)")
             ax.set_ylabel(label)
-        axes[0, j].set_title(f"{start} <-> transferred", fontsize=9)
+            letter(ax, 2 * i + j, f"{start} ↔ transferred" if i == 0 else "")
         axes[0, j].legend(fontsize=7)
+    losses = df.groupby(["method", "alpha"]).loss.mean()
+    if losses.max() > 10 * losses.min():
+        axes[0, 0].set_yscale("log")
+        axes[0, 0].set_ylabel("validation loss (log scale)")
     fig.suptitle(_title(df), fontsize=9)
+    bands_note(fig)
     return fig
 
 
 def planes_figure(rows) -> Figure:
-    """The loss surface on the plane through the anchor points, one panel per seed pair (paper Fig. 6c)."""
+    """The loss surface on the plane through the anchor points, one panel per seed pair, on one colour scale
+    (paper Fig. 6c)."""
     from .landscape import surface_array
 
     df = pd.DataFrame(rows)
     pairs = sorted({(int(a), int(b)) for a, b in zip(df.seed_source, df.seed_target)})
     fig, axes = figure(len(pairs), 1, panel=(4.0, 4.4))
-    for ax, (s1, s2) in zip(axes[0], pairs):
+    surfaces = {p: surface_array(df[(df.seed_source == p[0]) & (df.seed_target == p[1]) & df.point.isna()]
+                                 .to_dict("records")) for p in pairs}
+    norm = shared_norm([z for _, _, z in surfaces.values()])
+    mesh = None
+    for i, (ax, (s1, s2)) in enumerate(zip(axes[0], pairs)):
         sub = df[(df.seed_source == s1) & (df.seed_target == s2)]
-        grid, anchors = sub[sub.point.isna()], sub[sub.point.notna()]
-        u, v, z = surface_array(grid.to_dict("records"))
-        heatmap(ax, u, v, z, {NAMES.get(p, p): (a, b) for p, a, b in zip(anchors.point, anchors.u, anchors.v)},
-                label=f"{df.split.iloc[0]} loss (log scale)")
+        anchors = sub[sub.point.notna()]
+        u, v, z = surfaces[(s1, s2)]
+        mesh = heatmap(ax, u, v, z, {NAMES.get(p, p): (a, b) for p, a, b in zip(anchors.point, anchors.u, anchors.v)},
+                       norm=norm, colorbar=False)
         ax.set_xlabel("u (parameter-space distance)")
         ax.set_ylabel("v (parameter-space distance)")
-        ax.set_title(f"seeds ({s1}, {s2})", fontsize=9)
-    fig.suptitle(_title(df) + ": plane through Trained, Oracle and FGMT theta2^T", fontsize=9)
+        letter(ax, i, f"seeds ({s1}, {s2})")
+    fig.colorbar(mesh, ax=list(axes[0]), shrink=0.85).set_label(f"{df.split.iloc[0]} loss (log scale)")
+    fig.suptitle(_title(df) + r": plane through Trained, Oracle and FGMT $\theta_2^T$", fontsize=9)
     return fig
 
 
 def ablation_figure(rows, methods: tuple[str, ...] = ("gmt", "fgmt")) -> Figure:
-    """Sec. 3.3 / Fig. 3: left, cosine vs uniform lambda schedule of the linear trajectory; right, linear
-    (cosine) vs actual per-epoch trajectory. Solid: the paper's default (linear, cosine)."""
+    """Sec. 3.3 / Fig. 3: left, cosine vs uniform λ schedule of the linear trajectory; right, linear (cosine)
+    vs actual per-epoch trajectory, on shared y-axes. Solid: the paper's default (linear, cosine)."""
     df = pd.DataFrame(rows)
     df = df[df.method.isin(methods)]
     default = df[(df.trajectory == "linear") & (df.schedule == "cosine")]
     other = {"schedule": df[(df.trajectory == "linear") & (df.schedule == "uniform")],
              "trajectory": df[df.trajectory == "actual"]}
     fig, axes = figure(2, 1)
-    for ax, (what, alt), alt_name in zip(axes[0], other.items(), ("linear, uniform", "actual checkpoints")):
-        band(ax, default, "t", "val_acc", "method", order=list(methods),
+    axes[0, 1].sharey(axes[0, 0])
+    for i, (ax, (what, alt), alt_name) in enumerate(zip(axes[0], other.items(), ("linear, uniform",
+                                                                                 "actual checkpoints"))):
+        band(ax, default, "t", "val_acc", "method", order=list(methods), dodge=0.06,
              names={m: f"{NAMES[m]} linear, cosine" for m in methods})
-        band(ax, alt, "t", "val_acc", "method", order=list(methods), linestyle="--", marker="s",
+        band(ax, alt, "t", "val_acc", "method", order=list(methods), linestyle="--", dodge=0.06,
              names={m: f"{NAMES[m]} {alt_name}" for m in methods})
-        ax.set_xlabel("transfer step t")
+        ax.set_xlabel("transfer step $t$")
         ax.set_ylabel("validation accuracy (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{what}: linear-cosine vs {alt_name}", fontsize=9)
+        letter(ax, i, f"{what}: linear-cosine vs {alt_name}")
         ax.legend(fontsize=7)
-    fig.suptitle(_title(df), fontsize=9)
+    fig.suptitle(_title(df.drop(columns=["T", "schedule"], errors="ignore")), fontsize=9)
+    bands_note(fig)
     return fig
 
 
