@@ -111,11 +111,12 @@ SUBSEQUENT_SCHEMA = pa.schema([
 ])
 
 # 1-D landscape: one row per point alpha of the path (1 - alpha) a + alpha b; barrier is the path's loss
-# barrier (repeated on its rows). Experiment rows carry scenario, seeds, method and case; CLI rows leave them null.
+# barrier, barrier_rel the same / the mean end loss, acc_barrier its accuracy barrier in pt (repeated on its rows). Experiment rows carry scenario, seeds, method and case; CLI rows leave them null.
 PATH_SCHEMA = pa.schema([
     *_SCENARIO, pa.field("method", pa.string()), pa.field("case", pa.string()), pa.field("point_a", pa.string()),
     pa.field("point_b", pa.string()), pa.field("split", pa.string()), pa.field("alpha", pa.float64()),
-    pa.field("loss", pa.float64()), pa.field("acc", pa.float64()), pa.field("barrier", pa.float64()), *PROVENANCE,
+    pa.field("loss", pa.float64()), pa.field("acc", pa.float64()), pa.field("barrier", pa.float64()),
+    pa.field("barrier_rel", pa.float64()), pa.field("acc_barrier", pa.float64()), *PROVENANCE,
 ])
 
 # 2-D landscape (Garipov et al. 2018): grid rows have point null; the three anchor points have their label.

@@ -63,6 +63,18 @@ def loss_barrier(alphas: Sequence[float], losses: Sequence[float]) -> float:
     return float(np.max(loss - ((1 - a) * loss[0] + a * loss[-1])))
 
 
+def barriers(alphas: Sequence[float], losses: Sequence[float], accs: Sequence[float]) -> dict[str, float]:
+    """The path's loss barrier; the same divided by the mean of the two end losses (barrier_rel); and its
+    accuracy barrier, the largest drop of accuracy below the straight line between the end accuracies
+    (acc_barrier, in points). A loss barrier measured against the line between the end losses cannot tell
+    paths apart when one end is bad (the line is high there); the relative and accuracy barriers say more."""
+    a, acc = np.asarray(alphas, float), np.asarray(accs, float)
+    loss = loss_barrier(a, losses)
+    ends = (float(losses[0]) + float(losses[-1])) / 2
+    return {"barrier": loss, "barrier_rel": loss / ends if ends > 0 else float("nan"),
+            "acc_barrier": float(np.max(((1 - a) * acc[0] + a * acc[-1]) - acc))}
+
+
 @dataclass
 class Evaluator:
     """Loss and accuracy of a point on `split`, with BatchNorm statistics reset over `bn_samples` samples of
@@ -83,7 +95,7 @@ class Evaluator:
 
 
 def linear_path(evaluator: Evaluator, a: State, b: State, num_points: int = 25) -> list[dict]:
-    """Rows {alpha, loss, acc} at num_points evenly spaced alphas in [0, 1], plus the path's barrier."""
+    """Rows {alpha, loss, acc} at num_points evenly spaced alphas in [0, 1], plus the path's barriers."""
     if num_points < 2:
         raise LtrayError(f"a path needs at least 2 points, got {num_points}")
     check_same_architecture({"a": a, "b": b})
@@ -92,8 +104,8 @@ def linear_path(evaluator: Evaluator, a: State, b: State, num_points: int = 25) 
     for alpha in alphas:
         loss, acc = evaluator(interpolate(a, b, float(alpha)))
         rows.append({"alpha": float(alpha), "loss": loss, "acc": acc})
-    barrier = loss_barrier(alphas, [r["loss"] for r in rows])
-    return [dict(r, barrier=barrier) for r in rows]
+    found = barriers(alphas, [r["loss"] for r in rows], [r["acc"] for r in rows])
+    return [dict(r, **found) for r in rows]
 
 
 def _floating(state: State) -> list[str]:

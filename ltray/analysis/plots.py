@@ -18,6 +18,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from ..core.trajectory import atomic_write
 from ..results import summarise
+from .landscape import barriers, surface_array
 
 # One colour and name per transfer method / start point, the same in every figure.
 COLORS = {"naive": "tab:gray", "oracle": "black", "gmt": "tab:blue", "fgmt": "tab:orange", "standard": "tab:green",
@@ -129,14 +130,13 @@ def path_figure(rows: Sequence[dict], title: str = "") -> Figure:
         ax.set_xlabel(f"alpha (0 = {first['point_a']}, 1 = {last['point_b']})")
         ax.set_ylabel(f"{first['split']} {name}")
         ax.legend(fontsize=8)
-    axes[0, 0].set_title(f"{title} barrier {first['barrier']:.3g}".strip(), fontsize=9)
+    axes[0, 0].set_title(f"{title} loss barrier {first['barrier']:.3g} ({first['barrier_rel']:.1%} of the end "
+                         f"losses), accuracy barrier {first['acc_barrier']:.2f} pt".strip(), fontsize=8)
     return fig
 
 
 def plane_figure(rows: Sequence[dict], anchors: Sequence[dict], title: str = "", split: str = "val") -> Figure:
     """The loss surface of `ltray landscape` with three points."""
-    from .landscape import surface_array
-
     fig, axes = figure(1, 1, panel=(5.2, 4.4))
     ax = axes[0, 0]
     u, v, z = surface_array(rows)
@@ -231,8 +231,12 @@ def paths_figure(rows) -> Figure:
     for j, (case, start) in enumerate((("source", r"Source* $= \pi\theta_1^T$"),
                                        ("trained", r"Trained $\theta_2^T$"))):
         sub = df[df.case == case]
-        barriers = sub.groupby(["method", "seed_source", "seed_target"])["barrier"].first().groupby("method")
-        names = {m: f"{NAMES.get(m, m)}, barrier {b.mean():.3f} ± {b.std():.3f}" for m, b in barriers}
+        per_path = [dict(method=m, **barriers(p.alpha.to_numpy(), p.loss.to_numpy(), p.acc.to_numpy()))
+                    for (m, _, _), p in ((k, g.sort_values("alpha")) for k, g in
+                                         sub.groupby(["method", "seed_source", "seed_target"]))]
+        found = pd.DataFrame(per_path).groupby("method")
+        names = {m: f"{NAMES.get(m, m)}: loss barrier {b.barrier.mean():.3f} ± {b.barrier.std():.3f}, "
+                    f"acc {b.acc_barrier.mean():.2f} pt" for m, b in found}
         for i, (y, label) in enumerate((("loss", "validation loss"), ("acc", "validation accuracy (%)"))):
             ax = axes[i, j]
             band(ax, sub, "alpha", y, "method", order=ORDER, names=names if i == 0 else None, dodge=0.1)
@@ -252,8 +256,6 @@ def paths_figure(rows) -> Figure:
 def planes_figure(rows) -> Figure:
     """The loss surface on the plane through the anchor points, one panel per seed pair, on one colour scale
     (paper Fig. 6c)."""
-    from .landscape import surface_array
-
     df = pd.DataFrame(rows)
     pairs = sorted({(int(a), int(b)) for a, b in zip(df.seed_source, df.seed_target)})
     fig, axes = figure(len(pairs), 1, panel=(4.0, 4.4))

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..config import METHODS
+from .landscape import barriers
 
 
 def _pm(values, digits: int = 2) -> str:
@@ -56,13 +57,18 @@ def summary_markdown(folder: str | os.PathLike) -> str:
         rows = []
         for (case, method), g in df.groupby(["case", "method"]):
             per_seed = g.groupby(["seed_source", "seed_target"])
-            rows.append([case, method, _pm(per_seed.barrier.first(), 3), _pm(g[g.alpha == 0].loss, 3),
-                         _pm(per_seed.loss.max(), 3), _pm(g[g.alpha == 1].loss, 3), _pm(per_seed.acc.min()),
-                         str(len(per_seed))])
+            # recomputed from the path itself, so files written before these columns existed read the same
+            found = pd.DataFrame([barriers(p.alpha.to_numpy(), p.loss.to_numpy(), p.acc.to_numpy())
+                                  for _, p in (pair.sort_values("alpha") for _, pair in per_seed)])
+            rows.append([case, method, _pm(found.barrier, 3), _pm(found.barrier_rel, 3), _pm(found.acc_barrier),
+                         _pm(g[g.alpha == 0].loss, 3), _pm(per_seed.loss.max(), 3), _pm(g[g.alpha == 1].loss, 3),
+                         _pm(per_seed.acc.min()), str(len(per_seed))])
         rows.sort(key=lambda r: (r[0], methods.index(r[1])))
         parts.append(f"**{path.name}** (validation loss along (1 - alpha) a + alpha b; a = Source* or Trained, "
-                     f"b = transferred theta2^T)\n\n" + _table(
-                         ["a", "method", "loss barrier", "loss at a", "max loss", "loss at b", "min acc %", "n"], rows))
+                     f"b = transferred theta2^T; relative barrier = loss barrier / mean end loss; accuracy "
+                     f"barrier = largest drop below the line between the end accuracies, pt)\n\n" + _table(
+                         ["a", "method", "loss barrier", "relative", "accuracy barrier", "loss at a", "max loss",
+                          "loss at b", "min acc %", "n"], rows))
     return "\n\n".join(parts)
 
 

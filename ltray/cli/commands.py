@@ -124,7 +124,8 @@ def cmd_landscape(args: argparse.Namespace) -> None:
                 for r in linear_path(evaluator, points[labels[0]], points[labels[1]], grid)]
         fig, name, schema = path_figure(rows), "path", PATH_SCHEMA
         summary = (f"loss {rows[0]['loss']:.4g} -> {rows[-1]['loss']:.4g}, max {max(r['loss'] for r in rows):.4g}, "
-                   f"barrier {rows[0]['barrier']:.4g}; acc {rows[0]['acc']:.2f} -> {rows[-1]['acc']:.2f}, "
+                   f"barrier {rows[0]['barrier']:.4g} ({rows[0]['barrier_rel']:.1%} of the end losses); acc "
+                   f"{rows[0]['acc']:.2f} -> {rows[-1]['acc']:.2f}, accuracy barrier {rows[0]['acc_barrier']:.2f}, "
                    f"min {min(r['acc'] for r in rows):.2f}")
     else:
         grid_rows, anchors = plane_surface(evaluator, points, grid, args.margin)
