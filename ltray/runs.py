@@ -179,3 +179,9 @@ def pair_rows(data, *, data_cfg, model_cfg, train_cfg, transfer_cfg, methods: tu
                          trajectory=transfer_cfg.trajectory, batch_size=transfer_cfg.batch_size,
                          solver=transfer_cfg.solver, source_train_seconds=outcome.source_train_seconds,
                          **provenance(run_id, device))
+
+
+def pairs_rows(data, *, seed_targets: tuple[int, ...], **job) -> list[dict]:
+    """pair_rows for several targets of one source in one call (one Ray task: the data, the source, the
+    compiled kernels and the derived spec are loaded once for all of them)."""
+    return [row for t in seed_targets for row in pair_rows(data, seed_target=t, **job)]

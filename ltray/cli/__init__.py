@@ -32,6 +32,9 @@ def _transfer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (gets transfer.parquet)")
     p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
                    help="fan the seed pairs out as Ray tasks (default: when --seeds > 1 or --address is given)")
+    p.add_argument("--targets-per-task", type=positive_int, default=1,
+                   help="K target initialisations of one source per Ray task, sharing its data, source and "
+                        "compiled kernels (default 1)")
     add_ray_args(p)
 
 

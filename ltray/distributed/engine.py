@@ -339,12 +339,18 @@ def check_cluster_config(path: str | os.PathLike) -> dict:
 
 
 def transfer_pairs(pairs: list[tuple[int, int]], given: Trajectory | None, data: DataBundle, job: dict,
-                   args: argparse.Namespace) -> list[dict]:
-    """`ltray transfer` on Ray: one source per seed (trained in tasks the store owns, or the given trajectory),
-    one task per (source, target) pair running ltray.runs.pair_rows with `job`; the rows of every pair."""
-    from ..runs import pair_rows
+                   args: argparse.Namespace) -> tuple[list[dict], float]:
+    """`ltray transfer` on Ray: one source per seed (trained in a task the driver submits, or the given
+    trajectory), one task per source and up to --targets-per-task of its targets, running ltray.runs.pair_rows
+    for each with `job`. Returns the rows of every pair and the sum of the tasks' own seconds."""
+    from ..runs import pairs_rows
 
-    rows = []
+    per_task = max(1, getattr(args, "targets_per_task", 1))
+    by_source: dict[int, list[int]] = {}
+    for s, t in pairs:
+        by_source.setdefault(s, []).append(t)
+    chunks = [(s, tuple(ts[i:i + per_task])) for s, ts in by_source.items() for i in range(0, len(ts), per_task)]
+    rows, seconds = [], 0.0
     with session(args.num_cpus, args.address):
         resources, max_in_flight = resolve_from_args(args)
         store, data_ref = TrajectoryStore(), put_data(data)
@@ -353,9 +359,10 @@ def transfer_pairs(pairs: list[tuple[int, int]], given: Trajectory | None, data:
         else:
             sources = {s: store.train(f"s{s}", data_ref, resources, data_cfg=job["data_cfg"], model_cfg=job["model_cfg"],
                                       train_cfg=job["train_cfg"], seed=s) for s in sorted({s for s, _ in pairs})}
-        done = fan_out(lambda pair: submit(pair_rows, data_ref, resources, source=sources[pair[0]],
-                                           seed_target=pair[1], **job),
-                       pairs, max_in_flight, desc="transfers", progress=not args.no_progress)
+        done = fan_out(lambda chunk: submit(pairs_rows, data_ref, resources, source=sources[chunk[0]],
+                                            seed_targets=chunk[1], **job),
+                       chunks, max_in_flight, desc="transfers", progress=not args.no_progress)
         for _, output in done:
             rows += output.value
-    return rows
+            seconds += output.seconds
+    return rows, seconds

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -224,6 +225,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from ..runs import check_transfer
     check_transfer(data, model_cfg, replace(transfer_cfg, T=max(space.T), batch_size=max(space.batch_size)),
                    train_cfg, source, f"--trajectory {setup['trajectory']}")   # the largest trial must fit
+    t0 = time.perf_counter()
     with engine.session(args.num_cpus, args.address):
         resources = engine.resolve(resources, args.device, args.gpus_per_task is not None)
         if not args.resume:  # the sweep exists from here on: --resume finds it
@@ -234,7 +236,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                                    out / "source.safetensors")
         grid = _fit(setup["storage"], args.resume, space, setup, data, source, model_cfg, train_cfg, transfer_cfg,
                     resources, progress=not args.no_progress)
-    _publish(grid, setup, source, data_cfg, model_cfg, out)
+    _publish(grid, setup, source, data_cfg, model_cfg, out, time.perf_counter() - t0)
 
 
 def _given_source(trajectory: str | None, saved: Path):
@@ -309,7 +311,7 @@ def run_id(setup: dict) -> str:
     return config_hash(*_configs(setup), rest)
 
 
-def _publish(grid, setup: dict, source, data_cfg, model_cfg, out: Path) -> None:
+def _publish(grid, setup: dict, source, data_cfg, model_cfg, out: Path, wall: float) -> None:
     import pandas as pd
 
     from ..results import SWEEP_SCHEMA, provenance, write_parquet
@@ -341,7 +343,8 @@ def _publish(grid, setup: dict, source, data_cfg, model_cfg, out: Path) -> None:
     failed = df[df.status == "error"]
     if len(failed):
         print(f"{len(failed)} of {len(df)} trials failed, e.g.: {failed.error.iloc[0]}")
-    print(f"wrote {path} ({len(df)} trials)")
+    print(f"wrote {path} ({len(df)} trials; wall {wall:.1f} s, the trials' own seconds sum to "
+          f"{df.seconds.sum():.1f} s)")
     unfinished = int((df.status == "unfinished").sum())
     if unfinished:  # Tune stopped on Ctrl-C and saved its state
         print(f"{unfinished} of {len(df)} trials unfinished; continue with: ltray sweep --out {out} --resume")
