@@ -26,15 +26,26 @@ def default_device() -> str:
 
 
 def train_source(data: DataBundle, data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                 seed: int, device: str = "cpu", progress: bool = True) -> Trajectory:
-    """Train a source from build_model(seed=seed); the data order is drawn from the same seed."""
+                 seed: int, device: str = "cpu", progress: bool = True, keep: list[int] | None = None) -> Trajectory:
+    """Train a source from build_model(seed=seed); the data order is drawn from the same seed. With `keep`,
+    only those epochs' checkpoints are returned (what the transfers need; a Ray task then ships no more)."""
     model = model_cfg.build(data, seed).to(device)
     traj = train(model, state_of(model), data.train, train_cfg, seed, progress, desc=f"train s{seed}")
     traj.meta.update(model=model_cfg.name, width=_width(model_cfg), depth=model_cfg.depth, dataset=data_cfg.name,
                      classes=list(data_cfg.classes) if data_cfg.classes else None, epochs=train_cfg.epochs,
                      num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
                      train_config=asdict(train_cfg), ltray_version=__version__, torch_version=torch.__version__)
-    return traj
+    return traj.select(keep) if keep is not None else traj
+
+
+def needed_epochs(transfer_cfg: TransferConfig, epochs: int) -> list[int]:
+    """The source checkpoints a transfer reads: the first and the last of a linear trajectory, or the T + 1 of
+    an actual one."""
+    from .core.trajectory import actual_epochs
+
+    if transfer_cfg.trajectory == "linear":
+        return [0, epochs]
+    return sorted(set(actual_epochs(transfer_cfg.T, epochs).tolist()))
 
 
 def cached_source(data: DataBundle, data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,

@@ -21,6 +21,8 @@ def _train(p: argparse.ArgumentParser) -> None:
     add_data_args(p); add_model_args(p)
     p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
     p.add_argument("--out", required=True, help="output directory (gets trajectory.safetensors)")
+    p.add_argument("--checkpoint-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="how checkpoints are stored: float32 (default), or half precision at half the size")
 
 
 def _transfer(p: argparse.ArgumentParser) -> None:

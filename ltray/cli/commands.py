@@ -18,7 +18,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     data = data_cfg.load()
     traj = train_source(data, data_cfg, model_cfg, train_cfg, args.seed, args.device or default_device(),
                         progress=not args.no_progress)
-    path = save_trajectory(traj, out / "trajectory.safetensors")
+    path = save_trajectory(traj, out / "trajectory.safetensors", args.checkpoint_dtype)
     print(f"wrote {path} ({len(traj) - 1} epochs, {traj.meta['train_seconds']:.1f} s of training)")
 
 
@@ -38,7 +38,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     if use_ray:
         from ..distributed import engine
         engine.resources_from_args(args)  # bad resource flags fail before any loading
-    given = load_trajectory(args.trajectory) if args.trajectory else None
+    given = load_trajectory(args.trajectory, lazy=True) if args.trajectory else None   # rows read when used
     data = data_cfg.load()
     check_transfer(data, model_cfg, transfer_cfg, train_cfg, given, f"--trajectory {args.trajectory}")
     run_id = config_hash(data_cfg, model_cfg, train_cfg, transfer_cfg, {"methods": methods})

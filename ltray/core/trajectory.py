@@ -80,33 +80,85 @@ class Layout:
         return None
 
 
+class LazyCheckpoints:
+    """The checkpoints of a trajectory file, read a row at a time (a safetensors slice) as float32 when asked
+    for, so a transfer that needs two of a run's hundred checkpoints reads two. `reads` counts rows read."""
+
+    def __init__(self, path: Path, shape: tuple[int, int]):
+        self.path, self.shape, self.reads = Path(path), tuple(shape), 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from safetensors import safe_open
+
+        i = range(self.shape[0])[i]
+        with safe_open(str(self.path), framework="pt") as f:
+            row = f.get_slice("checkpoints")[i:i + 1].float().numpy()[0]
+        self.reads += 1
+        if not np.isfinite(row).all():
+            raise LtrayError(f"trajectory file {self.path} contains NaN or Inf values (checkpoint {i})")
+        return row
+
+
 @dataclass
 class Trajectory:
-    """Checkpoints theta^0..theta^E of one training run, as a (E+1, N) float32 array, plus its header."""
+    """Checkpoints of one training run, one row per epoch in `epochs` (theta^0..theta^E unless a selection),
+    as an (n, N) float32 array, or rows read from the file on demand (LazyCheckpoints), plus its header."""
     layout: Layout
-    checkpoints: np.ndarray
+    checkpoints: np.ndarray | LazyCheckpoints
     meta: dict
 
     def __len__(self) -> int:
-        return self.checkpoints.shape[0]
+        return len(self.checkpoints)
+
+    @property
+    def epochs(self) -> list[int]:
+        """The epoch of each row (meta "checkpoint_epochs" of a selection; else 0..len - 1)."""
+        return list(self.meta.get("checkpoint_epochs") or range(len(self)))
+
+    def row(self, epoch: int) -> int:
+        """The row holding `epoch`'s checkpoint (a negative epoch counts from the last one)."""
+        epochs = self.epochs
+        epoch = epochs[-1] + 1 + epoch if epoch < 0 else epoch
+        if epoch not in epochs:
+            raise LtrayError(f"this trajectory holds the checkpoints of epochs {epochs}, not of epoch {epoch}")
+        return epochs.index(epoch)
 
     def state(self, i: int, device: str | torch.device = "cpu") -> State:
+        """The state of row i (for a whole trajectory, of epoch i)."""
         return self.layout.unflatten(self.checkpoints[i], device)
+
+    def at_epoch(self, epoch: int, device: str | torch.device = "cpu") -> State:
+        return self.state(self.row(epoch), device)
+
+    def select(self, epochs) -> "Trajectory":
+        """An in-memory trajectory of the checkpoints of `epochs` only: what a task needs (a linear transfer: the
+        first and the last), so the rest never travels."""
+        epochs = sorted({self.epochs[self.row(e)] for e in epochs})
+        rows = np.stack([np.asarray(self.checkpoints[self.row(e)], dtype=np.float32) for e in epochs])
+        return Trajectory(self.layout, rows, dict(self.meta, checkpoint_epochs=epochs))
 
     def linear(self, T: int, schedule: str = "uniform") -> "StateSequence":
         """[theta^0 : theta^E] with T steps."""
         lam = lambda_schedule(T, schedule)
-        first, last = torch.from_numpy(self.checkpoints[0]), torch.from_numpy(self.checkpoints[-1])
+        first, last = (torch.from_numpy(np.asarray(self.checkpoints[self.row(e)])) for e in (0, -1))
         return StateSequence(self.layout, lambda t: torch.lerp(first, last, float(lam[t])), T + 1, lam, "linear")
 
     def actual(self, T: int) -> "StateSequence":
-        """T steps of the saved checkpoints, evenly spaced from the first to the last."""
-        E = len(self) - 1
+        """T steps of the saved checkpoints, evenly spaced from the first epoch to the last."""
+        E = self.epochs[-1]
         if not 1 <= T <= E:
             raise LtrayError(f"an actual trajectory of {E} epochs supports 1 <= T <= {E}, got T={T}")
-        idx = np.rint(np.linspace(0, E, T + 1)).astype(int)
-        return StateSequence(self.layout, lambda t: torch.from_numpy(self.checkpoints[idx[t]]), T + 1, idx / E,
-                             "actual")
+        rows = [self.row(int(e)) for e in actual_epochs(T, E)]
+        return StateSequence(self.layout, lambda t: torch.from_numpy(np.asarray(self.checkpoints[rows[t]])), T + 1,
+                             actual_epochs(T, E) / E, "actual")
+
+
+def actual_epochs(T: int, E: int) -> np.ndarray:
+    """The T + 1 epochs an actual trajectory of T steps uses out of E: evenly spaced from 0 to E."""
+    return np.rint(np.linspace(0, E, T + 1)).astype(int)
 
 
 class StateSequence(Sequence):
@@ -159,18 +211,29 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
-def save_trajectory(traj: Trajectory, path: str | os.PathLike) -> Path:
+STORAGE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def save_trajectory(traj: Trajectory, path: str | os.PathLike, dtype: str = "float32") -> Path:
+    """Save as safetensors: the checkpoints (stored as `dtype`: float32, or half precision at half the size)
+    and the header as JSON under metadata "ltray". Loading gives float32 back."""
     from safetensors.torch import save_file
 
-    header = dict(traj.meta, layout={"names": list(traj.layout.names), "shapes": [list(s) for s in traj.layout.shapes],
-                                      "dtypes": list(traj.layout.dtypes)})
-    return atomic_write(path, lambda tmp: save_file(
-        {"checkpoints": torch.from_numpy(np.ascontiguousarray(traj.checkpoints))}, str(tmp),
-        metadata={"ltray": json.dumps(header)}))
+    if dtype not in STORAGE_DTYPES:
+        raise LtrayError(f"unknown storage dtype {dtype!r}; known: {', '.join(STORAGE_DTYPES)}")
+    header = dict(traj.meta, storage_dtype=dtype,
+                  layout={"names": list(traj.layout.names), "shapes": [list(s) for s in traj.layout.shapes],
+                          "dtypes": list(traj.layout.dtypes)})
+    rows = np.ascontiguousarray(traj.checkpoints) if isinstance(traj.checkpoints, np.ndarray) else \
+        np.stack([traj.checkpoints[i] for i in range(len(traj))])
+    tensor = torch.from_numpy(rows).to(getattr(torch, dtype))
+    return atomic_write(path, lambda tmp: save_file({"checkpoints": tensor}, str(tmp),
+                                                    metadata={"ltray": json.dumps(header)}))
 
 
-def load_trajectory(path: str | os.PathLike) -> Trajectory:
-    """Load and validate a trajectory file; any defect is a one-line LtrayError naming the file."""
+def load_trajectory(path: str | os.PathLike, lazy: bool = False) -> Trajectory:
+    """Load and validate a trajectory file; any defect is a one-line LtrayError naming the file. With `lazy`,
+    only the header is read now and each checkpoint when it is used (checked for NaN/Inf then)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -179,15 +242,19 @@ def load_trajectory(path: str | os.PathLike) -> Trajectory:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = json.loads((f.metadata() or {})["ltray"])
-            checkpoints = f.get_tensor("checkpoints").numpy()
+            shape = tuple(f.get_slice("checkpoints").get_shape())
+            checkpoints = None if lazy else f.get_tensor("checkpoints").float().numpy()
         lay = header.pop("layout")
+        header.pop("storage_dtype", None)
         layout = Layout(tuple(lay["names"]), tuple(tuple(s) for s in lay["shapes"]), tuple(lay["dtypes"]))
     except Exception as e:  # safetensors raises several types for truncated or corrupted files
         raise LtrayError(f"trajectory file {path} is corrupted or not an ltray trajectory "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
-    if checkpoints.ndim != 2 or checkpoints.shape[1] != layout.size or checkpoints.shape[0] < 2:
-        raise LtrayError(f"trajectory file {path} holds checkpoints of shape {list(checkpoints.shape)}, "
+    if len(shape) != 2 or shape[1] != layout.size or shape[0] < 2:
+        raise LtrayError(f"trajectory file {path} holds checkpoints of shape {list(shape)}, "
                          f"which does not fit its header ({layout.size} values per checkpoint, >= 2 checkpoints)")
+    if lazy:
+        return Trajectory(layout, LazyCheckpoints(path, shape), header)
     if not np.isfinite(checkpoints).all():
         bad = int(np.argwhere(~np.isfinite(checkpoints))[0, 0])
         raise LtrayError(f"trajectory file {path} contains NaN or Inf values (checkpoint {bad})")

@@ -343,7 +343,7 @@ def transfer_pairs(pairs: list[tuple[int, int]], given: Trajectory | None, data:
     """`ltray transfer` on Ray: one source per seed (trained in a task the driver submits, or the given
     trajectory), one task per source and up to --targets-per-task of its targets, running ltray.runs.pair_rows
     for each with `job`. Returns the rows of every pair and the sum of the tasks' own seconds."""
-    from ..runs import pairs_rows
+    from ..runs import needed_epochs, pairs_rows
 
     per_task = max(1, getattr(args, "targets_per_task", 1))
     by_source: dict[int, list[int]] = {}
@@ -354,11 +354,14 @@ def transfer_pairs(pairs: list[tuple[int, int]], given: Trajectory | None, data:
     with session(args.num_cpus, args.address):
         resources, max_in_flight = resolve_from_args(args)
         store, data_ref = TrajectoryStore(), put_data(data)
+        epochs = given.epochs[-1] if given is not None else job["train_cfg"].epochs
+        keep = needed_epochs(job["transfer_cfg"], epochs)   # what travels: the checkpoints the transfers read
         if given is not None:
-            sources = dict.fromkeys({s for s, _ in pairs}, store.put("given", given))
+            sources = dict.fromkeys({s for s, _ in pairs}, store.put("given", given.select(keep)))
         else:
             sources = {s: store.train(f"s{s}", data_ref, resources, data_cfg=job["data_cfg"], model_cfg=job["model_cfg"],
-                                      train_cfg=job["train_cfg"], seed=s) for s in sorted({s for s, _ in pairs})}
+                                      train_cfg=job["train_cfg"], seed=s, keep=keep)
+                       for s in sorted({s for s, _ in pairs})}
         done = fan_out(lambda chunk: submit(pairs_rows, data_ref, resources, source=sources[chunk[0]],
                                             seed_targets=chunk[1], **job),
                        chunks, max_in_flight, desc="transfers", progress=not args.no_progress)

@@ -47,7 +47,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
                    train_cfg.epochs, train_cfg.cosine or train_cfg.warmup_epochs > 0, args.trajectory is not None)
     engine.resources_from_args(args)
     out = check_out_dir(args.out, (("members.parquet", MEMBERS_SCHEMA), ("ensemble.parquet", ENSEMBLE_SCHEMA)))
-    given = load_trajectory(args.trajectory) if args.trajectory else None
+    given = load_trajectory(args.trajectory, lazy=True) if args.trajectory else None
     data = data_cfg.load()
     check_transfer(data, model_cfg, transfer_cfg, train_cfg, given, f"--trajectory {args.trajectory}")
     seed_given = int(given.meta.get("seed", 0)) if given else None
@@ -92,19 +92,24 @@ def _run_units(todo: list[Unit], path: dict, done: dict, source_file: dict, give
     """Fan the unfinished units out over Ray, saving each as it arrives; returns the sum of the tasks' seconds."""
     import ray
 
-    from ..core.trajectory import load_trajectory, save_trajectory
+    from ..core.trajectory import save_trajectory
     from ..ensemble.members import save_unit, source_members, trained_members, transferred_members
+    from ..runs import needed_epochs
     from . import engine
 
     data_ref, store = engine.put_data(data), engine.TrajectoryStore()
+    # what travels: the source checkpoints the transfers and the source's own ensembles read, no more
+    epochs = given.epochs[-1] if given is not None else jobs["train_cfg"].epochs
+    keep = sorted(set(needed_epochs(jobs["transfer_cfg"], epochs)) | set(jobs["source_epochs"]))
     refs, saved = {}, set()
     for seed in dict.fromkeys(u.source for u in todo if u.source is not None):
-        if given is not None or source_file[seed].exists():
-            refs[seed] = store.put(f"s{seed}", given if given is not None else load_trajectory(source_file[seed]))
+        kept = given if given is not None else _kept_source(source_file[seed], keep)
+        if kept is not None:
+            refs[seed] = store.put(f"s{seed}", kept.select(keep))
             saved.add(seed)
         else:  # trained in a task; the units that read the source wait for it
             refs[seed] = store.train(f"s{seed}", data_ref, resources, data_cfg=data_cfg, model_cfg=jobs["model_cfg"],
-                                     train_cfg=jobs["train_cfg"], seed=seed)
+                                     train_cfg=jobs["train_cfg"], seed=seed, keep=keep)
     seconds = 0.0
 
     def submit(u: Unit):
@@ -138,10 +143,24 @@ def _run_units(todo: list[Unit], path: dict, done: dict, source_file: dict, give
     return seconds
 
 
+def _kept_source(path: Path, keep: list[int]):
+    """The source saved by an earlier run, if it holds the checkpoints this run needs (else it is trained again)."""
+    from ..core.trajectory import load_trajectory
+
+    if not path.exists():
+        return None
+    source = load_trajectory(path, lazy=True)
+    return source if set(keep) <= set(source.epochs) else None
+
+
 def trajectory_digest(traj) -> str:
+    """A content id of a trajectory's checkpoints (read row by row)."""
     import hashlib
 
-    return hashlib.sha256(np.ascontiguousarray(traj.checkpoints).tobytes()).hexdigest()[:12]
+    digest = hashlib.sha256()
+    for i in range(len(traj)):
+        digest.update(np.ascontiguousarray(traj.checkpoints[i], dtype=np.float32).tobytes())
+    return digest.hexdigest()[:12]
 
 
 def _publish(recipe: Recipe, epochs: int, units: dict, data, data_cfg, model_cfg, finetune: dict, run_id: str,

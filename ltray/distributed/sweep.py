@@ -244,8 +244,8 @@ def _given_source(trajectory: str | None, saved: Path):
     from ..core.trajectory import load_trajectory
 
     if trajectory:
-        return load_trajectory(trajectory)
-    return load_trajectory(saved) if saved.exists() else None
+        return load_trajectory(trajectory, lazy=True)
+    return load_trajectory(saved, lazy=True) if saved.exists() else None
 
 
 def _train_source(data, data_cfg, model_cfg, train_cfg, seed: int, resources, path: Path):
@@ -284,7 +284,12 @@ def _fit(storage: str, resume: bool, space: SearchSpace, setup: dict, data, sour
     finetune = setup["objective"] == "finetuned_val_acc"
     trial_setup = dict(model_cfg=model_cfg, train_cfg=train_cfg, transfer_cfg=transfer_cfg,
                        finetune_epochs=setup["finetune_epochs"], seed_target=setup["seed"] + 1000)
-    trainable = tune.with_resources(tune.with_parameters(trial, data=as_numpy(data), source=source, setup=trial_setup),
+    from ..runs import needed_epochs
+
+    # what travels to the trials: the checkpoints some trial reads (first and last; every actual trajectory's)
+    keep = sorted({e for T in space.T for e in needed_epochs(replace(transfer_cfg, T=T), source.epochs[-1])})
+    trainable = tune.with_resources(tune.with_parameters(trial, data=as_numpy(data), source=source.select(keep),
+                                                         setup=trial_setup),
                                     {"cpu": resources.num_cpus, "gpu": resources.num_gpus})
     if resume:
         experiment = f"{storage.rstrip('/')}/{EXPERIMENT}"

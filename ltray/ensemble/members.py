@@ -80,7 +80,7 @@ def source_members(data, *, model_cfg, source, epochs: tuple[int, ...], device: 
     """The source run's checkpoints after each of `epochs` (no training: its seconds are the source's)."""
     model = model_cfg.build(data, 0).to(device)
     seed, lr = int(source.meta.get("seed", 0)), (source.meta.get("train_config") or {}).get("lr")
-    return [_member(model, source.state(e, device), data, kind="source", method="sgd", seed_source=seed, seed=seed,
+    return [_member(model, source.at_epoch(e, device), data, kind="source", method="sgd", seed_source=seed, seed=seed,
                     epochs=e, lr=lr, train_seconds=_epoch_seconds(source.meta, e),
                     seconds=_epoch_seconds(source.meta, e), **NOT_TRANSFERRED) for e in epochs]
 
