@@ -81,11 +81,12 @@ class Layout:
 
 
 class LazyCheckpoints:
-    """The checkpoints of a trajectory file, read a row at a time (a safetensors slice) as float32 when asked
-    for, so a transfer that needs two of a run's hundred checkpoints reads two. `reads` counts rows read."""
+    """The checkpoints of a trajectory file, read a row at a time (a safetensors slice) as float32 when first
+    asked for and kept, so a transfer that needs two of a run's hundred checkpoints reads two, once.
+    `reads` counts the rows read from the file."""
 
     def __init__(self, path: Path, shape: tuple[int, int]):
-        self.path, self.shape, self.reads = Path(path), tuple(shape), 0
+        self.path, self.shape, self.reads, self._rows = Path(path), tuple(shape), 0, {}
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -94,12 +95,14 @@ class LazyCheckpoints:
         from safetensors import safe_open
 
         i = range(self.shape[0])[i]
-        with safe_open(str(self.path), framework="pt") as f:
-            row = f.get_slice("checkpoints")[i:i + 1].float().numpy()[0]
-        self.reads += 1
-        if not np.isfinite(row).all():
-            raise LtrayError(f"trajectory file {self.path} contains NaN or Inf values (checkpoint {i})")
-        return row
+        if i not in self._rows:
+            with safe_open(str(self.path), framework="pt") as f:
+                row = f.get_slice("checkpoints")[i:i + 1].float().numpy()[0]
+            self.reads += 1
+            if not np.isfinite(row).all():
+                raise LtrayError(f"trajectory file {self.path} contains NaN or Inf values (checkpoint {i})")
+            self._rows[i] = row
+        return self._rows[i]
 
 
 @dataclass
@@ -224,11 +227,27 @@ def save_trajectory(traj: Trajectory, path: str | os.PathLike, dtype: str = "flo
     header = dict(traj.meta, storage_dtype=dtype,
                   layout={"names": list(traj.layout.names), "shapes": [list(s) for s in traj.layout.shapes],
                           "dtypes": list(traj.layout.dtypes)})
-    rows = np.ascontiguousarray(traj.checkpoints) if isinstance(traj.checkpoints, np.ndarray) else \
-        np.stack([traj.checkpoints[i] for i in range(len(traj))])
-    tensor = torch.from_numpy(rows).to(getattr(torch, dtype))
+    if not isinstance(traj.checkpoints, np.ndarray):   # rows on demand: written one at a time, never all in memory
+        return atomic_write(path, lambda tmp: _stream_rows(tmp, traj.checkpoints, dtype, {"ltray": json.dumps(header)}))
+    tensor = torch.from_numpy(np.ascontiguousarray(traj.checkpoints)).to(getattr(torch, dtype))
     return atomic_write(path, lambda tmp: save_file({"checkpoints": tensor}, str(tmp),
                                                     metadata={"ltray": json.dumps(header)}))
+
+
+def _stream_rows(path: Path, rows, dtype: str, metadata: dict) -> None:
+    """The safetensors format written row by row: an 8-byte little-endian header size, the JSON header (one
+    tensor "checkpoints" and the metadata), padded to 8 bytes, then the rows."""
+    n, N = len(rows), len(rows[0])
+    itemsize = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+    code = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]
+    header = json.dumps({"checkpoints": {"dtype": code, "shape": [n, N], "data_offsets": [0, n * N * itemsize]},
+                         "__metadata__": metadata}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        for i in range(n):
+            row = torch.from_numpy(np.ascontiguousarray(rows[i], dtype=np.float32)).to(getattr(torch, dtype))
+            f.write(row.view(torch.uint8).numpy().tobytes())
 
 
 def load_trajectory(path: str | os.PathLike, lazy: bool = False) -> Trajectory:
