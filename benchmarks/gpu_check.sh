@@ -28,9 +28,9 @@ $py -c "import torch, numba, scipy; print('torch', torch.__version__, 'cuda', to
 'numba', numba.__version__, 'scipy', scipy.__version__)" | tee -a "$out/gpu.txt" || status=1
 
 if [ -n "${GPU_CHECK_QUICK:-}" ]; then
-    sizes="256 512"; width=256; epochs=1; tests="random and 200"
+    sizes="256 512"; width=256; epochs=1; tests="random and 200"; steps=1
 else
-    sizes="1024 4096"; width=4096; epochs=10; tests="cuda"
+    sizes="1024 4096"; width=4096; epochs=10; tests="cuda"; steps=5
 fi
 
 step "solver tests on $device (exactness against scipy, warm starts, eps bounds)"
@@ -46,5 +46,9 @@ $py benchmarks/bench_transfer.py --device "$device" --data-root "$data" --width 
     --solvers scipy auction --seeds 1 --cache "$out/cache" --retime-source \
     --out "$out/bench_transfer_$device.csv" 2>&1 | tee "$out/bench_transfer.txt" || status=1
 rm -rf "$out/cache" "$data"
+
+step "one FGMT step of ResNet-18 on CIFAR-shaped data on $device, per part (B = 1280, B' = 256)"
+$py benchmarks/bench_step.py --device "$device" --T "$steps" 2>&1 \
+    | tee "$out/bench_step_$device.json" || status=1
 
 exit $status
