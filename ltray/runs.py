@@ -93,7 +93,7 @@ def check_transfer(data: DataBundle, model_cfg: ModelConfig, transfer_cfg: Trans
     if source is not None:
         check_trajectory(source, model, what)
     check_gradient_batch(transfer_cfg, data)
-    source_epochs = len(source) - 1 if source is not None else train_cfg.epochs
+    source_epochs = source.epochs[-1] if source is not None else train_cfg.epochs
     if transfer_cfg.trajectory == "actual" and transfer_cfg.T > source_epochs:
         raise LtrayError(f"an actual trajectory of T={transfer_cfg.T} steps needs a source of at least T epochs, "
                          f"not {source_epochs}; lower --T or use --trajectory-kind linear")

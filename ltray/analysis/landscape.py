@@ -241,8 +241,10 @@ def load_point(spec: str) -> tuple[State, dict]:
         raise
     except Exception as e:  # safetensors raises several types for damaged files
         raise LtrayError(f"point file {path} is not a safetensors file ({type(e).__name__})") from None
-    traj = load_trajectory(path)
-    k = int(index) if index else len(traj) - 1
-    if not -len(traj) <= k < len(traj):
-        raise LtrayError(f"point {spec}: trajectory has checkpoints 0..{len(traj) - 1}")
-    return traj.state(k), dict(traj.meta)
+    traj = load_trajectory(path, lazy=True)                 # reads the one checkpoint asked for
+    epochs = traj.epochs
+    k = int(index) if index else epochs[-1]
+    if (k if k >= 0 else epochs[-1] + 1 + k) not in epochs:
+        held = f"{epochs[0]}..{epochs[-1]}" if epochs == list(range(epochs[0], epochs[-1] + 1)) else str(epochs)
+        raise LtrayError(f"point {spec}: trajectory has checkpoints {held}")
+    return traj.at_epoch(k), dict(traj.meta)
