@@ -155,7 +155,7 @@ def provenance(hash_: str, device: str = "cpu") -> dict:
     import torch
 
     return {"config_hash": hash_, "ltray_version": __version__, "torch_version": torch.__version__,
-            "device": str(device), "threads": torch.get_num_threads()}
+            "device": torch.device(device).type, "threads": torch.get_num_threads()}
 
 
 def write_parquet(rows: list[dict] | pd.DataFrame, schema: pa.Schema, path: str | os.PathLike) -> Path:

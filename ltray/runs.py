@@ -58,7 +58,8 @@ def cached_source(data: DataBundle, data_cfg: DataConfig, model_cfg: ModelConfig
     if cache is None:
         return train_source(data, data_cfg, model_cfg, train_cfg, seed, device, progress)
     key = config_hash(data_cfg.identity(), model_cfg, train_cfg, {"seed": seed})
-    path = Path(cache) / f"{data_cfg.name}_{model_cfg.name}{_width(model_cfg)}_s{seed}_{key}.safetensors"
+    model = model_cfg.name.replace(":", "-") + (str(_width(model_cfg)) if _width(model_cfg) else "")
+    path = Path(cache) / f"{data_cfg.name}_{model}_s{seed}_{key}.safetensors"
     if path.exists():
         return load_trajectory(path)
     source = train_source(data, data_cfg, model_cfg, train_cfg, seed, device, progress)
@@ -94,6 +95,8 @@ def check_transfer(data: DataBundle, model_cfg: ModelConfig, transfer_cfg: Trans
         check_trajectory(source, model, what)
     check_gradient_batch(transfer_cfg, data)
     source_epochs = source.epochs[-1] if source is not None else train_cfg.epochs
+    if source is not None and (transfer_cfg.trajectory == "linear" or transfer_cfg.T <= source_epochs):
+        source.select(needed_epochs(transfer_cfg, source_epochs))   # the checkpoints it reads: NaN/Inf refused now
     if transfer_cfg.trajectory == "actual" and transfer_cfg.T > source_epochs:
         raise LtrayError(f"an actual trajectory of T={transfer_cfg.T} steps needs a source of at least T epochs, "
                          f"not {source_epochs}; lower --T or use --trajectory-kind linear")
@@ -185,7 +188,7 @@ def pair_rows(data, *, data_cfg, model_cfg, train_cfg, transfer_cfg, methods: tu
     return transfer_rows(outcome.results, scenario="random", dataset=data_cfg.name,
                          classes=",".join(map(str, data_cfg.classes)) if data_cfg.classes else None,
                          pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name,
-                         width=int(source.meta.get("width", 0)), source_lr=lr, seed_source=seed_source,
+                         width=source.meta.get("width"), source_lr=lr, seed_source=seed_source,
                          seed_target=seed_target, T=transfer_cfg.T, schedule=transfer_cfg.schedule,
                          trajectory=transfer_cfg.trajectory, batch_size=transfer_cfg.batch_size,
                          solver=transfer_cfg.solver, source_train_seconds=outcome.source_train_seconds,

@@ -219,8 +219,9 @@ def test_resolve_model_builds_seeded_torchvision_and_factory_models():
                           ("vgg", "unknown model 'vgg'.*torchvision:NAME")]:
         with pytest.raises(LtrayError, match=message):
             resolve_model(name, in_channels=3)
-    with pytest.raises(LtrayError, match="3-channel"):
-        resolve_model("torchvision:resnet18", in_channels=1)
+    gray = resolve_model("torchvision:resnet18", num_classes=7, in_channels=1, seed=3)   # e.g. MNIST
+    assert gray.conv1.in_channels == 1 and set(gray.state_dict()) == set(a.state_dict())
+    assert gray(torch.randn(2, 1, 28, 28)).shape == (2, 7)
 
 
 class BranchingMLP(nn.Module):

@@ -25,7 +25,7 @@ def files(tmp_path_factory):
     (root / "truncated.safetensors").write_bytes(good.read_bytes()[:2000])
     traj = load_trajectory(good)
     traj.checkpoints = traj.checkpoints.copy()
-    traj.checkpoints[1, 5] = np.nan
+    traj.checkpoints[2, 5] = np.nan              # in the last checkpoint: one a linear transfer reads
     save_trajectory(traj, root / "nan.safetensors")
     assert main(["train", "--width", "24", "--epochs", "1", "--no-progress", "--out", str(root / "wide")]) == 0
     (root / "empty").mkdir()
@@ -55,11 +55,11 @@ CASES = [
     (["transfer", *TINY, "--seeds", "two"], "argument --seeds: expected an integer"),
     (["transfer", *TINY, "--trajectory", "{missing}"], "does not exist"),
     (["transfer", *TINY, "--trajectory", "{truncated}"], "is corrupted or not an ltray trajectory"),
-    (["transfer", *TINY, "--trajectory", "{nan}"], "contains NaN or Inf values (checkpoint 1)"),
+    (["transfer", *TINY, "--trajectory", "{nan}"], "contains NaN or Inf values (checkpoint 2)"),
     (["transfer", *TINY, "--trajectory", "{wide}"], "is for another architecture"),
     (["transfer", *TINY, "--dataset", "mnist", "--data-root", "{empty}"], "no dataset files"),
     (["transfer", *TINY, "--out", "{good}"], "exists and is not a directory"),
-    (["transfer", *TINY, "--out", "{foreign}"], "holds a transfer.parquet that is not this command's"),
+    (["transfer", *TINY, "--out", "{foreign}"], "holds a transfer.parquet with other columns"),
     (["transfer", *TINY, "--address", "auto", "--num-cpus", "2", "--seeds", "2"], "--num-cpus caps the embedded"),
     (["train", *TINY, "--classes", "0,99"], "99"),
     (["train", *TINY, "--max-train", "0"], "argument --max-train: must be >= 1"),

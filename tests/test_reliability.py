@@ -86,6 +86,7 @@ def pair_rows_or_die(data, *, device, marker, **job):
 
 
 def test_a_worker_killed_mid_fan_out_costs_no_row_and_doubles_none(ray_session, tmp_path):
+    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import tests/
     from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
     from ltray.distributed import engine
     from ltray.runs import pair_rows, train_source

@@ -86,7 +86,7 @@ def heatmap(ax, u: np.ndarray, v: np.ndarray, z: np.ndarray, points: Mapping[str
     contour_levels = np.geomspace(norm.vmin, norm.vmax, levels) if log else levels
     mesh = ax.pcolormesh(u, v, z, norm=norm, cmap=cmap, shading="gouraud")
     cs = ax.contour(u, v, z, levels=contour_levels, colors="white", linewidths=0.6, alpha=0.8)
-    texts = ax.clabel(cs, fontsize=6, fmt=lambda val: f"{val:.3g}")
+    texts = ax.clabel(cs, fontsize=6, fmt=lambda val: f"{val:.3g}", inline=False)
     span = max(float(np.ptp(u)), float(np.ptp(v)), 1e-12)
     for text in texts:
         tx, ty = text.get_position()
@@ -161,7 +161,7 @@ def _title(df: pd.DataFrame) -> str:
     if r.get("scenario") == "pretrained":
         pre = f"{r['pretrain_dataset']}" + (f" {{{r['pretrain_classes']}}}" if r.get("pretrain_classes") else "")
         task = f"pre-trained on {pre} -> fine-tuned on {task}"
-    parts = [task, f"{r['model']} width {r['width']}"]
+    parts = [task, f"{r['model']}" + (f" width {int(r['width'])}" if r.get("width") is not None else "")]
     if r.get("source_lr") is not None:
         parts.append(f"source lr {r['source_lr']:g}")
     if r.get("T") is not None:
@@ -246,8 +246,9 @@ def paths_figure(rows) -> Figure:
         axes[0, j].legend(fontsize=7)
     losses = df.groupby(["method", "alpha"]).loss.mean()
     if losses.max() > 10 * losses.min():
-        axes[0, 0].set_yscale("log")
-        axes[0, 0].set_ylabel("validation loss (log scale)")
+        axes[0, 0].set_yscale("log")                  # shared with (b)
+        for ax in axes[0]:
+            ax.set_ylabel("validation loss (log scale)")
     fig.suptitle(_title(df), fontsize=9)
     bands_note(fig)
     return fig
@@ -291,8 +292,8 @@ def ablation_figure(rows, methods: tuple[str, ...] = ("gmt", "fgmt")) -> Figure:
                                                                                  "actual checkpoints"))):
         band(ax, default, "t", "val_acc", "method", order=list(methods), dodge=0.06,
              names={m: f"{NAMES[m]} linear, cosine" for m in methods})
-        band(ax, alt, "t", "val_acc", "method", order=list(methods), linestyle="--", dodge=0.06,
-             names={m: f"{NAMES[m]} {alt_name}" for m in methods})
+        band(ax, alt.assign(t=alt.t + 0.2), "t", "val_acc", "method", order=list(methods), linestyle="--",
+             dodge=0.06, names={m: f"{NAMES[m]} {alt_name}" for m in methods})   # shifted off the default's
         ax.set_xlabel("transfer step $t$")
         ax.set_ylabel("validation accuracy (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

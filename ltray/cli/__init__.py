@@ -104,13 +104,16 @@ def _with_debug(add):
 def main(argv: list[str] | None = None, prog: str = "ltray", command: str | None = None) -> int:
     """Run `ltray [command] ARGS`; with `command`, argv holds that command's arguments only (the entry point
     `python -m ltray.ensemble` is main(command="ensemble", prog="python -m ltray.ensemble"))."""
-    if command is None:
-        args = build_parser(prog).parse_args(argv)
-    else:
-        parser = _Parser(prog=prog, description=COMMANDS[command][2])
-        _with_debug(COMMANDS[command][0])(parser)
-        args = parser.parse_args(argv)
-        args.command = command
+    try:
+        if command is None:
+            args = build_parser(prog).parse_args(argv)
+        else:
+            parser = _Parser(prog=prog, description=COMMANDS[command][2])
+            _with_debug(COMMANDS[command][0])(parser)
+            args = parser.parse_args(argv)
+            args.command = command
+    except SystemExit as e:     # a usage error (one line, already printed) or --help
+        return e.code if isinstance(e.code, int) else 2
     _, target, _, interrupted = COMMANDS[args.command]
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # SIGTERM unwinds like Ctrl-C
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None, prog: str = "ltray", command: str | None
         print(f"ltray {args.command}: interrupted{interrupted}", file=sys.stderr)
         return 130
     finally:
-        if main_thread:
+        if main_thread and previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
 

@@ -105,8 +105,8 @@ def check_out_dir(out: str, outputs: tuple[tuple[str, object], ...] = ()) -> Pat
         raise LtrayError(f"--out {out}: {existing} is not writable")
     for name, schema in outputs:
         if (path / name).exists() and _columns(path / name) != list(schema.names):
-            raise LtrayError(f"--out {out} holds a {name} that is not this command's (other columns); choose "
-                             f"another --out or move it away")
+            raise LtrayError(f"--out {out} holds a {name} with other columns (another command's, or an older ltray "
+                             f"version's); choose another --out or move it away")
     return path
 
 

@@ -100,9 +100,9 @@ def cmd_landscape(args: argparse.Namespace) -> None:
     check_same_architecture(points)
     header = loaded[0][1]
     preset = with_preset(args.dataset)["model"]
-    model_cfg = ModelConfig(args.model or header.get("model") or preset.name,
-                            args.width or header.get("width") or (preset.width if not args.model else None),
-                            args.depth or header.get("depth") or 1)
+    name = args.model or header.get("model") or preset.name
+    width = args.width or header.get("width") or (preset.width if name == preset.name else None)  # None: its own
+    model_cfg = ModelConfig(name, width, args.depth or header.get("depth") or 1)
     data_cfg = DataConfig(args.dataset, args.data_root, args.download, args.classes, args.max_train)
     data = data_cfg.load()
     model = model_cfg.build(data, 0)

@@ -81,12 +81,12 @@ class Layout:
 
 
 class LazyCheckpoints:
-    """The checkpoints of a trajectory file, read a row at a time (a safetensors slice) as float32 when first
-    asked for and kept, so a transfer that needs two of a run's hundred checkpoints reads two, once.
-    `reads` counts the rows read from the file."""
+    """The checkpoints of a trajectory file, read a row at a time (a safetensors slice) as float32 when asked
+    for, and not kept: a transfer that needs two of a run's hundred checkpoints reads two, and going through all
+    of them (a digest, a copy) holds one at a time. `reads` counts the rows read from the file."""
 
     def __init__(self, path: Path, shape: tuple[int, int]):
-        self.path, self.shape, self.reads, self._rows = Path(path), tuple(shape), 0, {}
+        self.path, self.shape, self.reads = Path(path), tuple(shape), 0
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -95,14 +95,12 @@ class LazyCheckpoints:
         from safetensors import safe_open
 
         i = range(self.shape[0])[i]
-        if i not in self._rows:
-            with safe_open(str(self.path), framework="pt") as f:
-                row = f.get_slice("checkpoints")[i:i + 1].float().numpy()[0]
-            self.reads += 1
-            if not np.isfinite(row).all():
-                raise LtrayError(f"trajectory file {self.path} contains NaN or Inf values (checkpoint {i})")
-            self._rows[i] = row
-        return self._rows[i]
+        with safe_open(str(self.path), framework="pt") as f:
+            row = f.get_slice("checkpoints")[i:i + 1].float().numpy()[0]
+        self.reads += 1
+        if not np.isfinite(row).all():
+            raise LtrayError(f"trajectory file {self.path} contains NaN or Inf values (checkpoint {i})")
+        return row
 
 
 @dataclass
@@ -154,8 +152,8 @@ class Trajectory:
         E = self.epochs[-1]
         if not 1 <= T <= E:
             raise LtrayError(f"an actual trajectory of {E} epochs supports 1 <= T <= {E}, got T={T}")
-        rows = [self.row(int(e)) for e in actual_epochs(T, E)]
-        return StateSequence(self.layout, lambda t: torch.from_numpy(np.asarray(self.checkpoints[rows[t]])), T + 1,
+        held = self.select(actual_epochs(T, E))     # read once (from the file, when lazy), then used T times
+        return StateSequence(self.layout, lambda t: torch.from_numpy(held.checkpoints[t]), T + 1,
                              actual_epochs(T, E) / E, "actual")
 
 

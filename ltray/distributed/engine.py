@@ -56,30 +56,59 @@ class Resources:
         return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "max_retries": self.max_retries}
 
 
+_reaper = None   # the watchdog of the embedded Ray this process started (ltray.distributed.reaper)
+
+
 def start(num_cpus: int | None = None, address: str | None = None) -> bool:
-    """Join the cluster at `address`, or start an embedded local Ray using `num_cpus` cores (default: all).
-    Returns True when this call connected (the caller then shuts down); False if Ray was already running."""
+    """Join the cluster at `address` (or at RAY_ADDRESS, as Ray does), or start an embedded local Ray using
+    `num_cpus` cores (default: all). Returns True when this call connected (the caller then shuts down);
+    False if Ray was already running."""
+    import signal
+    import threading
+
+    global _reaper
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address and num_cpus:
         raise LtrayError("--num-cpus caps the embedded local Ray; a cluster joined with --address keeps its own")
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None   # ray.init installs its own
     try:
         if address:
             ray.init(address=address, logging_level="warning")
         else:
             # The embedded Ray serves this process alone: its servers listen on the loopback interface only. Ray
             # binds them to the node's address, which it takes to be 127.0.0.1 where clusters are off (its rule
-            # on macOS and Windows); switched off for this process's own Ray, never for a joined cluster.
+            # on macOS and Windows): off for this process's own Ray while it starts, never for a joined cluster.
             from ray._private import ray_constants
+
+            from .reaper import children
+
+            before, clusters = children(), ray_constants.ENABLE_RAY_CLUSTER
             ray_constants.ENABLE_RAY_CLUSTER = False
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+            finally:
+                ray_constants.ENABLE_RAY_CLUSTER = clusters
+            from .reaper import watch   # the embedded Ray is ours: it goes when this process goes, however it ends
+            _reaper = watch(set(children()) - set(before))
     except (ConnectionError, ValueError, RuntimeError) as e:
         where = f"join the Ray cluster at {address}" if address else "start a local Ray"
         raise LtrayError(f"cannot {where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
-    if not address:   # the embedded Ray is ours: it goes when this process goes, however it ends
-        from .reaper import watch
-        watch()
+    finally:
+        if main_thread and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     return True
+
+
+def stop() -> None:
+    """Shut down the Ray this process started, and its watchdog."""
+    global _reaper
+    ray.shutdown()
+    if _reaper is not None:
+        _reaper.terminate()
+        _reaper = None
 
 
 @contextmanager
@@ -90,7 +119,7 @@ def session(num_cpus: int | None = None, address: str | None = None):
         yield
     finally:
         if started:
-            ray.shutdown()
+            stop()
 
 
 def _alive_nodes() -> list[dict[str, float]]:

@@ -39,15 +39,17 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
     check_names(args.dataset, args.model, methods or ("",))
     data_cfg, model_cfg, train_cfg, transfer_cfg = configs_from_args(args)
-    finetune_cfg = FinetuneConfig(max(args.finetune_epochs, default=0), args.finetune_lr, args.finetune_batch_size,
-                                  args.finetune_optimizer)
+    given = load_trajectory(args.trajectory, lazy=True) if args.trajectory else None
+    if given is not None:   # full and snapshot members train as long as the given source did
+        train_cfg = replace(train_cfg, epochs=given.epochs[-1])
     recipe = check(Recipe(args.members, args.sources, args.repeats, methods, tuple(args.finetune_epochs),
                           tuple(args.trained_epochs), tuple(args.snapshot_epochs), args.full_ensemble,
                           args.snapshot, args.with_sources, args.seed),
-                   train_cfg.epochs, train_cfg.cosine or train_cfg.warmup_epochs > 0, args.trajectory is not None)
+                   train_cfg.epochs, train_cfg.cosine or train_cfg.warmup_epochs > 0, given is not None)
+    finetune_cfg = FinetuneConfig(max(args.finetune_epochs, default=0), args.finetune_lr, args.finetune_batch_size,
+                                  args.finetune_optimizer)
     engine.resources_from_args(args)
     out = check_out_dir(args.out, (("members.parquet", MEMBERS_SCHEMA), ("ensemble.parquet", ENSEMBLE_SCHEMA)))
-    given = load_trajectory(args.trajectory, lazy=True) if args.trajectory else None
     data = data_cfg.load()
     check_transfer(data, model_cfg, transfer_cfg, train_cfg, given, f"--trajectory {args.trajectory}")
     seed_given = int(given.meta.get("seed", 0)) if given else None

@@ -3,8 +3,9 @@
 `ray.init()` starts Ray's processes (GCS, raylet, dashboard and runtime-env agents, log monitor) as children of
 the driver. `ray.shutdown()` stops them when the command ends normally or on Ctrl-C, but a driver killed by
 SIGKILL (or the OOM killer) never runs it, and the agents then outlive it. `watch()` starts this module as a
-separate process in its own session: it waits for the driver to die, then terminates the processes Ray started
-for it (and whatever those started since, such as workers), SIGKILLing any that linger.
+separate process in its own session, given the processes `ray.init()` started: it waits for the driver to die,
+then terminates them (and whatever they started since, such as workers), SIGKILLing any that linger. It exits by
+itself once they are all gone (after a normal shutdown), and `engine.stop()` ends it at once.
 
     python -m ltray.distributed.reaper DRIVER_PID PID:CREATE_TIME ...
 """
@@ -16,13 +17,22 @@ import sys
 import time
 
 
-def watch(driver_pid: int | None = None) -> subprocess.Popen:
-    """Start the watchdog for the processes now running under `driver_pid` (default: this process)."""
+def children() -> list[str]:
+    """This process's descendants now, as PID:CREATE_TIME (a pid alone can be reused by another process)."""
     import psutil
 
-    driver = psutil.Process(driver_pid or os.getpid())
-    children = [f"{p.pid}:{p.create_time()!r}" for p in driver.children(recursive=True)]
-    return subprocess.Popen([sys.executable, "-m", "ltray.distributed.reaper", str(driver.pid), *children],
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            out.append(f"{p.pid}:{p.create_time()!r}")
+        except psutil.Error:
+            pass
+    return out
+
+
+def watch(processes) -> subprocess.Popen:
+    """Start the watchdog of `processes` (PID:CREATE_TIME strings) for this process."""
+    return subprocess.Popen([sys.executable, "-m", "ltray.distributed.reaper", str(os.getpid()), *sorted(processes)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -53,11 +63,13 @@ def _running(pid: int) -> bool:
 
 
 def reap(driver_pid: int, specs: list[str], poll: float = 0.5, grace: float = 3.0) -> int:
-    """Wait for the driver to exit, then stop its Ray processes and their descendants. Returns how many were
-    still alive when the driver died."""
+    """Wait until the driver exits (or every watched process is gone), then stop what is left of its Ray and
+    their descendants. Returns how many processes were stopped."""
     import psutil
 
     while _running(driver_pid):
+        if not _processes(specs):
+            return 0
         time.sleep(poll)
     alive = _processes(specs)
     for p in list(alive):

@@ -144,7 +144,7 @@ def evaluate_config(data, source, config: dict, *, model_cfg, train_cfg, transfe
         _, history = finetune(model, result.best, data.train, data.val, finetune_epochs, float(config["finetune_lr"]),
                               seed=derive_seed("finetune", seed_source, seed_target))
         metrics["finetuned_val_acc"] = history[-1]["val_acc"]
-    metrics.update(seconds=time.perf_counter() - t0, device=str(device), threads=torch.get_num_threads())
+    metrics.update(seconds=time.perf_counter() - t0, device=torch.device(device).type, threads=torch.get_num_threads())
     return metrics
 
 
@@ -158,7 +158,7 @@ def trial(config: dict, data, source, setup: dict) -> None:
     try:
         metrics = evaluate_config(as_tensors(data), source, config, device=device, **setup)
     except LtrayError as e:   # deterministic: a retry would fail the same way, so report it instead of raising
-        metrics = {"ltray_error": str(e).strip().splitlines()[-1]}
+        metrics = dict.fromkeys(SWEEP_OBJECTIVES, float("nan")) | {"ltray_error": str(e).strip().splitlines()[-1]}
     tune.report(metrics)
 
 
@@ -189,7 +189,8 @@ def _setup_from_args(args: argparse.Namespace) -> dict:
     return dict(data_cfg=asdict(data_cfg), model_cfg=asdict(model_cfg), train_cfg=asdict(train_cfg),
                 transfer_cfg=asdict(transfer_cfg), space=asdict(space), objective=args.objective,
                 num_samples=args.num_samples, finetune_epochs=args.finetune_epochs, seed=args.seed,
-                trajectory=str(Path(args.trajectory).resolve()) if args.trajectory else None)
+                trajectory=str(Path(args.trajectory).resolve()) if args.trajectory else None,
+                trajectory_digest=_digest(args.trajectory))
 
 
 def _configs(setup: dict):
@@ -237,6 +238,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         grid = _fit(setup["storage"], args.resume, space, setup, data, source, model_cfg, train_cfg, transfer_cfg,
                     resources, progress=not args.no_progress)
     _publish(grid, setup, source, data_cfg, model_cfg, out, time.perf_counter() - t0)
+
+
+def _digest(trajectory: str | None) -> str | None:
+    from ..core.trajectory import load_trajectory
+    from .ensemble import trajectory_digest
+
+    return trajectory_digest(load_trajectory(trajectory, lazy=True)) if trajectory else None
 
 
 def _given_source(trajectory: str | None, saved: Path):
@@ -312,7 +320,8 @@ def run_id(setup: dict) -> str:
     """The sweep's id: its configuration, where its data and Tune's state live excepted."""
     from ..results import config_hash
 
-    rest = {k: v for k, v in setup.items() if k not in ("storage", "data_cfg", "model_cfg", "train_cfg", "transfer_cfg")}
+    rest = {k: v for k, v in setup.items()   # the given trajectory counts by its content (its digest), not its path
+            if k not in ("storage", "trajectory", "data_cfg", "model_cfg", "train_cfg", "transfer_cfg")}
     return config_hash(*_configs(setup), rest)
 
 
@@ -328,7 +337,7 @@ def _publish(grid, setup: dict, source, data_cfg, model_cfg, out: Path, wall: fl
         error = m.get("ltray_error") or (str(result.error).strip().splitlines()[-1] if result.error else None)
         status = "error" if error else "ok" if m.get(objective) is not None else "unfinished"
         rows.append(dict(trial_id=m.get("trial_id") or Path(result.path).name, status=status,
-                         dataset=data_cfg.name, model=model_cfg.name, width=int(source.meta.get("width", 0)),
+                         dataset=data_cfg.name, model=model_cfg.name, width=source.meta.get("width"),
                          seed_source=int(source.meta.get("seed", 0)), seed_target=setup["seed"] + 1000,
                          T=cfg.get("T"), batch_size=cfg.get("batch_size"), schedule=cfg.get("schedule"),
                          method=cfg.get("method"), finetune_lr=cfg.get("finetune_lr"),

@@ -50,7 +50,7 @@ NOT_TRANSFERRED = dict(transfer_seed=None, T=None, best_step=None, val_acc_trans
 def _member(model, state, data, **row) -> Member:
     """The member's row, with its test metrics and where it was computed (device, torch threads)."""
     probs = predict_proba(model, state, data.test)
-    device = str(next(iter(state.values())).device)
+    device = next(iter(state.values())).device.type       # "cpu" or "cuda", as in every row
     return Member(dict(row, **member_metrics(probs, data.test.y.numpy()), device=device,
                        threads=torch.get_num_threads()), probs)
 

@@ -44,7 +44,7 @@ Solvers (``SOLVERS``):
     matrices, but not always equal to it (up to 3.5e-10 below it on recorded MNIST FGMT matrices).
 
 The auction has two backends with the same phases, warm start and certificate.  ``"jit"`` (the CPU
-default) bids sequentially (Gauss-Seidel) in numba-compiled code (`ltray._auction_jit`), reading
+default) bids sequentially (Gauss-Seidel) in numba-compiled code (`ltray.lap._auction_jit`), reading
 float32 or float64 scores in place; a bid costs O(K) and a row's candidate refresh O(n).  ``"torch"``
 (any device, the default off the CPU) runs vectorised Jacobi bidding rounds in float64 while many rows
 are unassigned, then sequential bids on small CPU arrays; it breaks exact ties with a jitter, which
