@@ -163,6 +163,9 @@ def add_ensemble_args(p: argparse.ArgumentParser) -> None:
                    "targets and full members seed+10000r+1000+j")
     g.add_argument("--out", default="runs/ensemble", help="output directory (default runs/ensemble)")
     g.add_argument("--no-plot", action="store_true", help="skip ensemble.png")
+    g.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
+                   help="run every unit as a Ray task (--ray) or all in this process (--no-ray); by default units "
+                        "run here for up to 8 s, and what is left goes to Ray (small jobs never pay its start)")
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:

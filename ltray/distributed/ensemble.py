@@ -72,77 +72,151 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
         print(f"{len(done)} of {len(units)} units already in {out / 'members'}; running {len(todo)}")
     t0, task_seconds = time.perf_counter(), 0.0
     if todo:
-        with engine.session(args.num_cpus, args.address):
-            resources, max_in_flight = engine.resolve_from_args(args)
-            jobs = dict(model_cfg=model_cfg, train_cfg=train_cfg, transfer_cfg=transfer_cfg, finetune_cfg=finetune_cfg,
-                        snapshot_cfg=snapshot_cfg, source_epochs=source_epochs(recipe, train_cfg.epochs),
-                        trained_epochs=recipe.trained_epochs, stages=recipe.stages)
-            task_seconds = _run_units(todo, path, done, {s: out / "sources" / f"{i}.safetensors"
-                                                         for s, i in source_id.items()},
-                                      given, data, data_cfg, jobs, resources, max_in_flight, not args.no_progress)
+        jobs = dict(model_cfg=model_cfg, train_cfg=train_cfg, transfer_cfg=transfer_cfg, finetune_cfg=finetune_cfg,
+                    snapshot_cfg=snapshot_cfg, source_epochs=source_epochs(recipe, train_cfg.epochs),
+                    trained_epochs=recipe.trained_epochs, stages=recipe.stages)
+        runner = _Units(todo, path, done, {s: out / "sources" / f"{i}.safetensors" for s, i in source_id.items()},
+                        given, data, data_cfg, jobs)
+        ray_asked = args.ray or args.address is not None or args.gpus_per_task is not None
+        if args.ray is False or not ray_asked:   # small jobs: no Ray start, no fan-out overhead
+            runner.run_here(float("inf") if args.ray is False else AUTO_LOCAL_SECONDS, int(args.cpus_per_task),
+                            not args.no_progress)
+        if runner.todo:
+            with engine.session(args.num_cpus, args.address):
+                resources, max_in_flight = engine.resolve_from_args(args)
+                runner.run_on_ray(resources, max_in_flight, not args.no_progress)
+        task_seconds = runner.seconds
+        print(runner.report())
     wall = time.perf_counter() - t0
     run_id = config_hash(data_id, model_cfg, train_cfg, transfer_cfg, finetune_cfg, recipe, source_id)
     finetune = dict(finetune_lr=finetune_cfg.lr, finetune_optimizer=finetune_cfg.optimizer, T=transfer_cfg.T)
     _publish(recipe, train_cfg.epochs, {u: done[u] for u in units}, data, data_cfg, model_cfg, finetune, run_id, out,
              not args.no_plot)
     if todo:
-        print(f"wall {wall:.1f} s for {len(todo)} units; their tasks' own seconds sum to {task_seconds:.1f} s")
+        print(f"wall {wall:.1f} s for {len(todo)} units; their own seconds sum to {task_seconds:.1f} s")
 
 
-def _run_units(todo: list[Unit], path: dict, done: dict, source_file: dict, given, data, data_cfg, jobs: dict,
-               resources, max_in_flight: int, progress: bool) -> float:
-    """Fan the unfinished units out over Ray, saving each as it arrives; returns the sum of the tasks' seconds."""
-    import ray
+AUTO_LOCAL_SECONDS = 8.0   # about what starting the local Ray and its first workers costs here (2 cores)
 
-    from ..core.trajectory import save_trajectory
-    from ..ensemble.members import save_unit, source_members, trained_members, transferred_members
-    from ..runs import needed_epochs
-    from . import engine
 
-    data_ref, store = engine.put_data(data), engine.TrajectoryStore()
-    # what travels: the source checkpoints the transfers and the source's own ensembles read, no more
-    epochs = given.epochs[-1] if given is not None else jobs["train_cfg"].epochs
-    keep = sorted(set(needed_epochs(jobs["transfer_cfg"], epochs)) | set(jobs["source_epochs"]))
-    refs, saved = {}, set()
-    for seed in dict.fromkeys(u.source for u in todo if u.source is not None):
-        kept = given if given is not None else _kept_source(source_file[seed], keep)
-        if kept is not None:
-            refs[seed] = store.put(f"s{seed}", kept.select(keep))
-            saved.add(seed)
-        else:  # trained in a task; the units that read the source wait for it
-            refs[seed] = store.train(f"s{seed}", data_ref, resources, data_cfg=data_cfg, model_cfg=jobs["model_cfg"],
-                                     train_cfg=jobs["train_cfg"], seed=seed, keep=keep)
-    seconds = 0.0
+class _Units:
+    """The unfinished units of one run and where they run: in this process (small jobs, by measurement: for up
+    to a budget of seconds), then as Ray tasks; each unit is saved as it finishes."""
 
-    def submit(u: Unit):
+    def __init__(self, todo: list[Unit], path: dict, done: dict, source_file: dict, given, data, data_cfg,
+                 jobs: dict):
+        from ..runs import needed_epochs
+
+        self.todo, self.path, self.done, self.source_file = list(todo), path, done, source_file
+        self.given, self.data, self.data_cfg, self.jobs = given, data, data_cfg, jobs
+        self.sources: dict[int, object] = {}    # seed -> Trajectory (here) or ObjectRef (on Ray)
+        self.seconds, self.here, self.on_ray = 0.0, 0, 0
+        # what a source keeps: the checkpoints the transfers and the source's own ensembles read, no more
+        epochs = given.epochs[-1] if given is not None else jobs["train_cfg"].epochs
+        self.keep = sorted(set(needed_epochs(jobs["transfer_cfg"], epochs)) | set(jobs["source_epochs"]))
+
+    def job(self, u: Unit, source=None) -> tuple:
+        """(function, keyword arguments) of unit u; `source` is its source trajectory or a ref to it."""
+        from ..ensemble.members import source_members, trained_members, transferred_members
+
+        j = self.jobs
         if u.kind == "source":
-            return engine.submit(source_members, data_ref, resources, model_cfg=jobs["model_cfg"], source=refs[u.source],
-                                 epochs=jobs["source_epochs"])
+            return source_members, dict(model_cfg=j["model_cfg"], source=source, epochs=j["source_epochs"])
         if u.kind in ("full", "snapshot"):
-            cfg = jobs["train_cfg"] if u.kind == "full" else jobs["snapshot_cfg"][u.epochs]
-            epochs = jobs["trained_epochs"] if u.kind == "full" else \
+            cfg = j["train_cfg"] if u.kind == "full" else j["snapshot_cfg"][u.epochs]
+            epochs = j["trained_epochs"] if u.kind == "full" else \
                 tuple(range(u.epochs // cfg.cycles, u.epochs + 1, u.epochs // cfg.cycles))
-            return engine.submit(trained_members, data_ref, resources, kind=u.kind, model_cfg=jobs["model_cfg"],
-                                 train_cfg=cfg, seed=u.seed, epochs=epochs)
-        return engine.submit(transferred_members, data_ref, resources, model_cfg=jobs["model_cfg"],
-                             train_cfg=jobs["train_cfg"], transfer_cfg=jobs["transfer_cfg"],
-                             finetune_cfg=jobs["finetune_cfg"], stages=jobs["stages"], method=u.method,
-                             source=refs[u.source], seed=u.seed)
+            return trained_members, dict(kind=u.kind, model_cfg=j["model_cfg"], train_cfg=cfg, seed=u.seed,
+                                         epochs=epochs)
+        return transferred_members, dict(model_cfg=j["model_cfg"], train_cfg=j["train_cfg"],
+                                         transfer_cfg=j["transfer_cfg"], finetune_cfg=j["finetune_cfg"],
+                                         stages=j["stages"], method=u.method, source=source, seed=u.seed)
 
-    for u, output in engine.fan_out(submit, todo, max_in_flight, desc="units", progress=progress):
-        if u.source is not None and u.source not in saved:  # keep the source for reruns
-            with warnings.catch_warnings():  # a read-only view of the object store; saving only reads it
-                warnings.simplefilter("ignore", UserWarning)
-                source = ray.get(refs[u.source])
-                save_trajectory(source, source_file[u.source])
-            seconds += source.meta["train_seconds"]
-            saved.add(u.source)
-        for m in output.value:
+    def finished(self, u: Unit, members: list, seconds: float) -> None:
+        from ..ensemble.members import save_unit
+
+        for m in members:
             m.row["repeat"] = u.repeat
-        save_unit(output.value, path[u])
-        done[u] = output.value
-        seconds += output.seconds
-    return seconds
+        save_unit(members, self.path[u])
+        self.done[u], self.seconds = members, self.seconds + seconds
+        self.todo.remove(u)
+
+    def saved_source(self, seed: int):
+        """The given trajectory, or one a previous run saved with the checkpoints this run needs, or None."""
+        return self.given if self.given is not None else _kept_source(self.source_file[seed], self.keep)
+
+    def run_here(self, budget: float, threads: int, progress: bool) -> None:
+        """Units in this process, in plan order, until none is left or `budget` seconds have gone; with the
+        threads a task would have, so that the numbers are the same wherever a unit ran."""
+        import torch
+        from tqdm.auto import tqdm
+
+        saved_threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads))
+        try:
+            self._run_here(budget, progress, tqdm)
+        finally:
+            torch.set_num_threads(saved_threads)
+
+    def _run_here(self, budget: float, progress: bool, tqdm) -> None:
+        from ..core.trajectory import save_trajectory
+        from ..runs import train_source
+
+        t0 = time.perf_counter()
+        for u in tqdm(list(self.todo), desc="units here", disable=not progress, leave=False):
+            if time.perf_counter() - t0 > budget:
+                break
+            if u.source is not None and u.source not in self.sources:
+                source = self.saved_source(u.source)
+                if source is None:
+                    source = train_source(self.data, self.data_cfg, self.jobs["model_cfg"], self.jobs["train_cfg"],
+                                          u.source, progress=False, keep=self.keep)
+                    save_trajectory(source, self.source_file[u.source])
+                    self.seconds += source.meta["train_seconds"]
+                self.sources[u.source] = source.select(self.keep)
+            fn, kwargs = self.job(u, self.sources.get(u.source))
+            t1 = time.perf_counter()
+            self.finished(u, fn(self.data, device="cpu", **kwargs), time.perf_counter() - t1)
+            self.here += 1
+
+    def run_on_ray(self, resources, max_in_flight: int, progress: bool) -> None:
+        """The remaining units as Ray tasks, at most max_in_flight at once."""
+        import ray
+
+        from ..core.trajectory import save_trajectory
+        from . import engine
+
+        data_ref, store = engine.put_data(self.data), engine.TrajectoryStore()
+        refs, to_save = {}, set()
+        for seed in dict.fromkeys(u.source for u in self.todo if u.source is not None):
+            source = self.sources.get(seed) or self.saved_source(seed)
+            if source is not None:
+                refs[seed] = store.put(f"s{seed}", source.select(self.keep))
+            else:  # trained in a task; the units that read the source wait for it
+                refs[seed] = store.train(f"s{seed}", data_ref, resources, data_cfg=self.data_cfg,
+                                         model_cfg=self.jobs["model_cfg"], train_cfg=self.jobs["train_cfg"],
+                                         seed=seed, keep=self.keep)
+                to_save.add(seed)
+
+        def submit(u: Unit):
+            fn, kwargs = self.job(u, refs.get(u.source))
+            return engine.submit(fn, data_ref, resources, **kwargs)
+
+        for u, output in engine.fan_out(submit, list(self.todo), max_in_flight, desc="units", progress=progress):
+            if u.source in to_save:  # keep the source for reruns
+                with warnings.catch_warnings():  # a read-only view of the object store; saving only reads it
+                    warnings.simplefilter("ignore", UserWarning)
+                    source = ray.get(refs[u.source])
+                    save_trajectory(source, self.source_file[u.source])
+                self.seconds += source.meta["train_seconds"]
+                to_save.discard(u.source)
+            self.finished(u, output.value, output.seconds)
+            self.on_ray += 1
+
+    def report(self) -> str:
+        where = " and ".join(part for part in (f"{self.here} in this process" * bool(self.here),
+                                               f"{self.on_ray} as Ray tasks" * bool(self.on_ray)) if part)
+        return f"ran {self.here + self.on_ray} units: {where}"
 
 
 def _kept_source(path: Path, keep: list[int]):
