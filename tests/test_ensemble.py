@@ -132,7 +132,8 @@ def test_a_rerun_skips_finished_units_and_rebuilds_the_same_tables(run, capsys):
 def test_bad_input_is_one_line_before_any_work(ray_session, tmp_path, capsys, run):
     source = next((run / "sources").iterdir())
     assert main(["--members", "0", "--out", str(tmp_path / "zero")]) == 2
-    assert main([*SMALL, "--trajectory", str(source), "--width", "48", "--out", str(tmp_path / "wide")]) == 2
+    assert main([*SMALL, "--trajectory", str(source), "--width", "48", "--repeats", "1",
+                 "--out", str(tmp_path / "wide")]) == 2
     assert main([*SMALL, "--gpus-per-task", "1", "--out", str(tmp_path / "gpu")]) == 2
     assert main([*SMALL, "--finetune-optimizer", "lbfgs", "--out", str(tmp_path / "opt")]) == 2
     assert main([*SMALL, "--method", "fgmt,best", "--out", str(tmp_path / "method")]) == 2
