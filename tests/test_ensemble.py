@@ -138,7 +138,7 @@ def test_bad_input_is_one_line_before_any_work(ray_session, tmp_path, capsys, ru
     assert main([*SMALL, "--finetune-optimizer", "lbfgs", "--out", str(tmp_path / "opt")]) == 2
     assert main([*SMALL, "--method", "fgmt,best", "--out", str(tmp_path / "method")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == "ltray ensemble: error: --members, --sources and --repeats must be >= 1, got 0, 1 and 1"
+    assert err[0] == "ltray ensemble: error: --members, --sources and --repeats must be >= 1, got 0, 1 and 3"
     assert "another architecture" in err[1] and "no node can run a task needing 1 CPU and 1 GPU" in err[2]
     assert "unknown fine-tuning optimizer 'lbfgs'" in err[3] and "unknown transfer method 'best'" in err[4]
     assert len(err) == 5 and not any((tmp_path / d).exists() for d in ("zero", "wide", "gpu", "opt", "method"))
@@ -147,7 +147,8 @@ def test_bad_input_is_one_line_before_any_work(ray_session, tmp_path, capsys, ru
 def test_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "ltray.ensemble", "--members", "-1"], capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip() == "ltray ensemble: error: --members, --sources and --repeats must be >= 1, got -1, 1 and 1"
+    assert done.stderr.strip() == ("ltray ensemble: error: --members, --sources and --repeats must be >= 1, "
+                                   "got -1, 1 and 3")
 
 
 @pytest.mark.slow
