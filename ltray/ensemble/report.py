@@ -16,7 +16,8 @@ def recipe_label(row) -> str:
     if row["kind"] != "transferred":
         return row["kind"]
     sources = f"{row['sources']} source{'s' if row['sources'] > 1 else ''}" + (" + sources" if row["with_sources"] else "")
-    return f"{str(row['method']).upper()}, {sources}, {row['finetune_optimizer']} {row['finetune_lr']:g}"
+    method = {"fgmt": "FGMT", "gmt": "GMT", "naive": "Naive", "oracle": "Oracle"}.get(row["method"], row["method"])
+    return f"{method}, {sources}, {row['finetune_optimizer']} {row['finetune_lr']:g}"
 
 
 def means(ensembles: pd.DataFrame) -> pd.DataFrame:
