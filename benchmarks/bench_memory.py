@@ -55,14 +55,12 @@ def read_source(data, *, device, source) -> dict:
     return {"uss_mib": psutil.Process().memory_full_info().uss / MIB, "rows": len(source), "sum": total}
 
 
-def plasma_mib() -> float | None:
-    """What the node's object store holds now, from Ray's memory summary (None if it cannot be read)."""
-    import re
+def stored_mib(ref) -> tuple[float, int]:
+    """The object's size in the object store, as Ray reports it, and on how many nodes it is held."""
+    from ray.experimental import get_object_locations
 
-    from ray._private.internal_api import memory_summary
-
-    found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
-    return float(found.group(1)) if found else None
+    where = get_object_locations([ref])[ref]
+    return where["object_size"] / MIB, len(where["node_ids"])
 
 
 def measure(path: Path, tasks: int, whole: bool = False) -> dict:
@@ -73,17 +71,16 @@ def measure(path: Path, tasks: int, whole: bool = False) -> dict:
     source = load_trajectory(path, lazy=True)
     shipped = source.select(source.epochs if whole else [0, source.epochs[-1]])
     data_ref = engine.put_data(load_dataset("digits"))
-    before = plasma_mib()
     ref = engine.TrajectoryStore().put("source", shipped)
-    stored = plasma_mib()
     t0 = time.perf_counter()                   # the fan-out starts: time to its first result
     first, outputs = None, []
     for _, out in engine.fan_out(lambda _: engine.submit(read_source, data_ref, engine.Resources(1), source=ref),
                                  range(tasks), 2, progress=False):
         first = first or time.perf_counter() - t0
         outputs.append(out.value)
+    stored, copies = stored_mib(ref)
     return {"file_mib": path.stat().st_size / MIB, "tasks": tasks, "whole": whole,
-            "object_store_mib": None if stored is None else stored - before,
+            "object_store_mib": stored, "object_store_copies": copies,
             "shipped_mib": shipped.checkpoints.nbytes / MIB, "rows_shipped": len(shipped),
             "rows_read_by_driver": source.checkpoints.reads,
             "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
