@@ -71,7 +71,7 @@ def test_the_embedded_ray_listens_on_localhost_only_and_runs_no_dashboard():
     done = subprocess.run([sys.executable, "-c", LISTENING], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     listening = json.loads(done.stdout.strip().splitlines()[-1])
-    assert listening and {ip for ip, _ in listening} <= {"127.0.0.1", "::1"}, listening
+    assert listening and {ip for ip, _ in listening} <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, listening
     assert 8265 not in {port for _, port in listening}        # no dashboard unless asked for
 
 

@@ -63,21 +63,26 @@ def _running(pid: int) -> bool:
 
 
 def reap(driver_pid: int, specs: list[str], poll: float = 0.5, grace: float = 3.0) -> int:
-    """Wait until the driver exits (or every watched process is gone), then stop what is left of its Ray and
-    their descendants. Returns how many processes were stopped."""
+    """Watch the given processes and those they start (Ray's agents and workers appear after ray.init returns;
+    Ray's own clean-up may kill their parent first, so they are recorded while it lives) until the driver
+    exits, then stop whatever is left; return early when every watched process is gone. Returns how many
+    processes were stopped."""
     import psutil
 
+    watched = {p.pid: p for p in _processes(specs)}
     while _running(driver_pid):
-        if not _processes(specs):
+        for p in list(watched.values()):
+            try:
+                if not p.is_running():
+                    del watched[p.pid]
+                    continue
+                watched.update({c.pid: c for c in p.children(recursive=True)})
+            except psutil.Error:
+                watched.pop(p.pid, None)
+        if not watched:
             return 0
         time.sleep(poll)
-    alive = _processes(specs)
-    for p in list(alive):
-        try:
-            alive += p.children(recursive=True)      # workers the raylet started after the watch began
-        except psutil.Error:
-            pass
-    alive = list({p.pid: p for p in alive}.values())
+    alive = [p for p in watched.values() if p.is_running()]
     for p in alive:
         try:
             p.terminate()
