@@ -72,13 +72,13 @@ def reap(driver_pid: int, specs: list[str], poll: float = 0.5, grace: float = 3.
     watched = {p.pid: p for p in _processes(specs)}
     while _running(driver_pid):
         for p in list(watched.values()):
+            if not p.is_running():
+                del watched[p.pid]
+                continue
             try:
-                if not p.is_running():
-                    del watched[p.pid]
-                    continue
                 watched.update({c.pid: c for c in p.children(recursive=True)})
-            except psutil.Error:
-                watched.pop(p.pid, None)
+            except psutil.Error:   # a child came or went while we looked: look again at the next poll
+                pass
         if not watched:
             return 0
         time.sleep(poll)
