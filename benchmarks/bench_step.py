@@ -8,11 +8,13 @@ assignment solves, BatchNorm resets, evaluation (on --val images).
 
     python benchmarks/bench_step.py                        # CPU, T = 2
     python benchmarks/bench_step.py --device cuda --T 5    # on a GPU
+    python benchmarks/bench_step.py --out benchmarks/results/bench_step.jsonl   # recorded in docs/ray.md
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -37,6 +39,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=1280)
     p.add_argument("--val", type=int, default=1000)
     p.add_argument("--solver", default="auto")
+    p.add_argument("--out", help="append the record as one JSON line to this file")
     args = p.parse_args(argv)
     import numpy as np
 
@@ -61,8 +64,12 @@ def main(argv=None) -> dict:
     record = {"device": args.device, "T": args.T, "width": args.width, "B": args.batch_size, "val": args.val,
               "params": layout.size, "threads": torch.get_num_threads(), "seconds": wall,
               "per_step": {k: v / args.T for k, v in result.profile.items()},
-              "groups": len(spec_for(model).groups), "gradient_pairs": result.gradient_pairs}
+              "groups": len(spec_for(model).groups), "gradient_pairs": result.gradient_pairs,
+              "date": time.strftime("%Y-%m-%d %H:%M"), "load": os.getloadavg()[0]}
     print(json.dumps(record))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(record) + "\n")
     return record
 
 

@@ -180,3 +180,15 @@ def test_scripts_reject_bad_input_in_one_line(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_half_precision_smoke(tmp_path):
+    """experiments/half_precision.py --smoke: the same source stored three ways, transferred onto one target."""
+    _script("half_precision").main(["--smoke", "--out", str(tmp_path)])
+    df = pd.read_parquet(tmp_path / "half_precision.parquet")
+    err = df.groupby("storage_dtype").max_abs_error.max()
+    assert err["float32"] == 0 < err["float16"] < err["bfloat16"] < 1e-2    # bfloat16 keeps 8 bits, float16 11
+    size = df.groupby("storage_dtype").file_mib.max()
+    assert size["bfloat16"] == size["float16"] < 0.6 * size["float32"]
+    assert set(df.method) == {"naive", "fgmt"} and len(df) == 3 * 2 * (df["T"].iloc[0] + 1)
+    assert "| fgmt | bfloat16 |" in (tmp_path / "summary.md").read_text()
