@@ -189,6 +189,6 @@ def test_half_precision_smoke(tmp_path):
     err = df.groupby("storage_dtype").max_abs_error.max()
     assert err["float32"] == 0 < err["float16"] < err["bfloat16"] < 1e-2    # bfloat16 keeps 8 bits, float16 11
     size = df.groupby("storage_dtype").file_mib.max()
-    assert size["bfloat16"] == size["float16"] < 0.6 * size["float32"]
+    assert max(size["bfloat16"], size["float16"]) < 0.6 * size["float32"]     # headers differ by a few bytes
     assert set(df.method) == {"naive", "fgmt"} and len(df) == 3 * 2 * (df["T"].iloc[0] + 1)
     assert "| fgmt | bfloat16 |" in (tmp_path / "summary.md").read_text()
