@@ -18,13 +18,14 @@ LONG = [sys.executable, "-m", "ltray.ensemble", "--width", "64", "--epochs", "30
 
 
 def _ray_started(driver: subprocess.Popen, timeout: float = 90.0) -> list[psutil.Process]:
-    """The driver's descendants once its embedded Ray runs tasks (a raylet and at least one worker)."""
+    """The driver's descendants once its embedded Ray runs tasks (a raylet and a worker running a task, not one
+    Ray started idle while it was still starting)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert driver.poll() is None, driver.communicate()[1][-2000:]
         tree = psutil.Process(driver.pid).children(recursive=True)
         names = [p.name() for p in tree if p.is_running()]
-        if "raylet" in names and any(n.startswith("ray::") and "Agent" not in n for n in names):
+        if "raylet" in names and any(n.startswith("ray::") and "Agent" not in n and n != "ray::IDLE" for n in names):
             return tree
         time.sleep(0.5)
     pytest.fail("the embedded Ray did not start")
@@ -47,6 +48,40 @@ def test_a_stopped_driver_leaves_no_process_behind(tmp_path, how):
         if how != "SIGKILL":        # unwound: the one line, and the exit status of an interrupted command
             assert driver.returncode == 130 and "ltray ensemble: interrupted" in err, err[-2000:]
         assert not _left_behind(tree)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+
+
+def _new_ray_processes(before: set[int]) -> list[str]:
+    """Ray's processes (its binaries and scripts) started since `before` that are not this process's own."""
+    own = {p.pid for p in psutil.Process().children(recursive=True)}
+    found = []
+    for p in psutil.process_iter(["pid", "name", "cmdline", "status"]):
+        if p.pid not in before and p.pid not in own and p.info["status"] != psutil.STATUS_ZOMBIE \
+                and any("ray" in c for c in (p.info["cmdline"] or [])[:2]):
+            found.append(f"{p.pid} {p.info['name']}")
+    return found
+
+
+def test_a_driver_stopped_while_its_ray_starts_leaves_no_process_behind(tmp_path):
+    """SIGTERM as soon as the raylet exists, while ray.init may still run (Ray's native handler may abort the
+    process then): the watchdog, started before ray.init, still stops everything Ray started."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    before = set(psutil.pids())
+    driver = subprocess.Popen([*LONG, "--out", str(tmp_path / "run")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 90
+        while "raylet" not in [p.name() for p in psutil.Process(driver.pid).children(recursive=True)]:
+            assert time.time() < deadline and driver.poll() is None, "Ray did not start"
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(timeout=60)
+        deadline = time.time() + 20
+        while _new_ray_processes(before) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _new_ray_processes(before)
     finally:
         if driver.poll() is None:
             driver.kill()

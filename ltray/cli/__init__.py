@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -134,5 +135,17 @@ def main(argv: list[str] | None = None, prog: str = "ltray", command: str | None
     return 0
 
 
+def entry(prog: str = "ltray", command: str | None = None) -> None:
+    """The console entry point: main's exit status. An interrupted run that used Ray has shut Ray down and said
+    so by now; it then leaves at once, skipping the interpreter's finalisation, where Ray's native threads, stopped
+    mid-call by the interrupt, can crash the process (SIGSEGV) after the clean exit was already decided."""
+    code = main(prog=prog, command=command)
+    if code == 130 and "ray" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -83,16 +83,15 @@ def start(num_cpus: int | None = None, address: str | None = None) -> bool:
             # on macOS and Windows): off for this process's own Ray while it starts, never for a joined cluster.
             from ray._private import ray_constants
 
-            from .reaper import children
+            from .reaper import watch
 
-            before, clusters = children(), ray_constants.ENABLE_RAY_CLUSTER
+            _reaper = watch([])   # the embedded Ray is ours: it goes when this process goes, however it ends
+            clusters = ray_constants.ENABLE_RAY_CLUSTER
             ray_constants.ENABLE_RAY_CLUSTER = False
             try:
                 ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
             finally:
                 ray_constants.ENABLE_RAY_CLUSTER = clusters
-            from .reaper import watch   # the embedded Ray is ours: it goes when this process goes, however it ends
-            _reaper = watch(set(children()) - set(before))
     except (ConnectionError, ValueError, RuntimeError) as e:
         where = f"join the Ray cluster at {address}" if address else "start a local Ray"
         raise LtrayError(f"cannot {where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")

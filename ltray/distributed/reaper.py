@@ -3,11 +3,12 @@
 `ray.init()` starts Ray's processes (GCS, raylet, dashboard and runtime-env agents, log monitor) as children of
 the driver. `ray.shutdown()` stops them when the command ends normally or on Ctrl-C, but a driver killed by
 SIGKILL (or the OOM killer) never runs it, and the agents then outlive it. `watch()` starts this module as a
-separate process in its own session, given the processes `ray.init()` started: it waits for the driver to die,
-then terminates them (and whatever they started since, such as workers), SIGKILLing any that linger. It exits by
-itself once they are all gone (after a normal shutdown), and `engine.stop()` ends it at once.
+separate process in its own session, before `ray.init()` (a driver can die while Ray starts): it records the
+driver's children that are Ray's and whatever they start (workers, agents), waits for the driver to die, then
+terminates them, SIGKILLing any that linger. It exits by itself once they are all gone (after a normal shutdown),
+and `engine.stop()` ends it at once.
 
-    python -m ltray.distributed.reaper DRIVER_PID PID:CREATE_TIME ...
+    python -m ltray.distributed.reaper DRIVER_PID [PID:CREATE_TIME ...]
 """
 from __future__ import annotations
 
@@ -17,21 +18,8 @@ import sys
 import time
 
 
-def children() -> list[str]:
-    """This process's descendants now, as PID:CREATE_TIME (a pid alone can be reused by another process)."""
-    import psutil
-
-    out = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            out.append(f"{p.pid}:{p.create_time()!r}")
-        except psutil.Error:
-            pass
-    return out
-
-
-def watch(processes) -> subprocess.Popen:
-    """Start the watchdog of `processes` (PID:CREATE_TIME strings) for this process."""
+def watch(processes=()) -> subprocess.Popen:
+    """Start the watchdog of this process's Ray children and of `processes` (PID:CREATE_TIME strings)."""
     return subprocess.Popen([sys.executable, "-m", "ltray.distributed.reaper", str(os.getpid()), *sorted(processes)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -62,15 +50,37 @@ def _running(pid: int) -> bool:
         return False
 
 
-def reap(driver_pid: int, specs: list[str], poll: float = 0.5, grace: float = 3.0) -> int:
-    """Watch the given processes and those they start (Ray's agents and workers appear after ray.init returns;
-    Ray's own clean-up may kill their parent first, so they are recorded while it lives) until the driver
-    exits, then stop whatever is left; return early when every watched process is gone. Returns how many
-    processes were stopped."""
+def _rays(driver) -> dict:
+    """The driver's children that belong to Ray (its binaries and scripts live in the ray package)."""
     import psutil
 
-    watched = {p.pid: p for p in _processes(specs)}
+    out = {}
+    try:
+        for c in driver.children():
+            try:
+                if any("ray" in part for part in c.cmdline()[:2]) and c.pid != os.getpid():
+                    out[c.pid] = c
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return out
+
+
+def reap(driver_pid: int, specs: list[str], poll: float = 0.5, grace: float = 3.0) -> int:
+    """Watch the driver's Ray children, the given processes and whatever they start (Ray's agents and workers
+    appear after ray.init returns; Ray's own clean-up may kill their parent first, so they are recorded while it
+    lives) until the driver exits, then stop whatever is left; return early when every watched process is gone.
+    Returns how many processes were stopped."""
+    import psutil
+
+    try:
+        driver = psutil.Process(driver_pid)
+    except psutil.Error:
+        return 0
+    watched, seen = {p.pid: p for p in _processes(specs)}, bool(specs)
     while _running(driver_pid):
+        watched.update(_rays(driver))
         for p in list(watched.values()):
             if not p.is_running():
                 del watched[p.pid]
@@ -79,7 +89,8 @@ def reap(driver_pid: int, specs: list[str], poll: float = 0.5, grace: float = 3.
                 watched.update({c.pid: c for c in p.children(recursive=True)})
             except psutil.Error:   # a child came or went while we looked: look again at the next poll
                 pass
-        if not watched:
+        seen = seen or bool(watched)
+        if seen and not watched:
             return 0
         time.sleep(poll)
     alive = [p for p in watched.values() if p.is_running()]
