@@ -192,3 +192,14 @@ def test_half_precision_smoke(tmp_path):
     assert max(size["bfloat16"], size["float16"]) < 0.6 * size["float32"]     # headers differ by a few bytes
     assert set(df.method) == {"naive", "fgmt"} and len(df) == 3 * 2 * (df["T"].iloc[0] + 1)
     assert "| fgmt | bfloat16 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_source_accuracy_smoke(tmp_path):
+    """experiments/source_accuracy.py --smoke: four variants of one source; the full ones train on train + val
+    and are scored on the test set only."""
+    _script("source_accuracy").main(["--smoke", "--out", str(tmp_path)])
+    df = pd.read_parquet(tmp_path / "source_accuracy.parquet")
+    sizes = df.groupby("variant").train_images.first()
+    assert sizes["full"] == sizes["full-unnorm"] > sizes["ltray"] == sizes["unnormalised"]
+    assert set(df[df.variant.str.startswith("full")].split) == {"test"} and set(df.split) == {"val", "test"}
+    assert df.acc.between(0, 100).all() and set(df.epoch) == {0, 1, 2, 3}
