@@ -6,19 +6,37 @@ experiments/ensemble_study.py).
     python benchmarks/bench_ray.py --part mnist --solver auto --T 10   # MNIST 2-MLP, width 4096
     python benchmarks/bench_ray.py --part memory --dataset mnist       # peak RSS / USS, shared vs copied
 
-Each part prints a JSON record (also appended to --out/results.jsonl). Numbers depend on what else runs on
-the machine: the record carries the load average before and after.
+Each of these parts prints a JSON record (also appended to --out/results.jsonl). Numbers depend on what else
+runs on the machine: the record carries the load average before and after.
+
+Issue 13 (Ray that scales): ratios measured side by side in one run, --repeats times interleaved; every
+measurement is one JSON line in --out/results.jsonl with the load average at that moment, and one readable line
+on the terminal, then a summary line (kind "summary") with the ratio and its goal.
+
+    --part concurrency   one transfer's task seconds alone vs two at once on a 2-CPU local Ray  (goal <= 1.15x)
+    --part scaling       `ltray transfer --seeds 8` wall clock, --num-cpus 1 vs 2                (goal >= 1.7x)
+    --part finetune      one epoch of Adam fine-tuning vs of SGD source training, in-process and
+                         in a 1-CPU Ray task (2-MLP, --width 1024)                     (goal <= 1.25x in Ray)
+    --part latency       fresh local Ray: ray.init, then submit -> first result, cold and warm  (goal <= 2 s)
+    --part targets       `ltray transfer --seeds 8 --num-cpus 2 --targets-per-task K`, K = 1, 2, 4: transfers/min
+    --part conv8         one FGMT transfer of Conv8 on CIFAR-shaped synthetic data on --device (no Ray)
+
+Each takes --dataset digits (seconds, for smoke runs) or mnist (../shared/datasets); the solver defaults to auto
+(the existing parts keep scipy).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -26,18 +44,23 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
 
 import torch  # noqa: E402
 
-from ltray.config import PRESETS, DataConfig, TransferConfig  # noqa: E402
+from ltray.config import PRESETS, DataConfig, FinetuneConfig, TrainConfig, TransferConfig  # noqa: E402
 from ltray.core.trajectory import Trajectory, load_trajectory, save_trajectory  # noqa: E402
+from ltray.models import state_of  # noqa: E402
 from ltray.results import config_hash  # noqa: E402
 from ltray.runs import pair_rows, train_source  # noqa: E402
+from ltray.training import finetune_epochs, train  # noqa: E402
 
 MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def setup(dataset: str, root: str | None, T: int, solver: str, source_epochs: int | None, out: Path, method: str):
+def setup(dataset: str, root: str | None, T: int, solver: str, source_epochs: int | None, out: Path, method: str,
+          width: int | None = None):
     """Data, the source (trained once and cached in --out), and the keyword arguments of one transfer job."""
     data_cfg = DataConfig(dataset, root)
-    preset = PRESETS[dataset]
+    preset = dict(PRESETS[dataset])
+    if width is not None:
+        preset["model"] = replace(preset["model"], width=width)
     train_cfg = preset["train"] if source_epochs is None else type(preset["train"])(
         **{**preset["train"].__dict__, "epochs": source_epochs})
     data = data_cfg.load()
@@ -188,34 +211,283 @@ def memory_mode(args) -> dict:
     return record
 
 
-def main() -> None:
+# ---- issue 13: ratios measured side by side, one JSON line per measurement ----------------------------------
+
+def emit(args, record: dict, text: str) -> dict:
+    """Append one measurement (with the machine's load average now) to --out/results.jsonl; print `text`."""
+    record = dict(record, load=os.getloadavg(), time=time.strftime("%Y-%m-%d %H:%M:%S"), torch=torch.__version__,
+                  cpus=os.cpu_count())
+    with open(args.out / "results.jsonl", "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+    print(f"{text}   [load {record['load'][0]:.2f}]", flush=True)
+    return record
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def summary(args, base: dict, ratio_name: str, num: list[float], den: list[float], goal: str) -> dict:
+    """The summary line of a part: mean +- std of both sides over the repeats and the ratio of the means."""
+    (m1, s1), (m2, s2) = mean_std(num), mean_std(den)
+    record = dict(base, kind="summary", repeats=len(num), ratio_name=ratio_name, ratio=m1 / m2, num_mean=m1,
+                  num_std=s1, den_mean=m2, den_std=s2, goal=goal)
+    return emit(args, record, f"{base['part']}: {ratio_name} = {m1:.3f} +- {s1:.3f} / {m2:.3f} +- {s2:.3f} = "
+                              f"{m1 / m2:.2f}x (goal {goal}; n = {len(num)})")
+
+
+def part_concurrency(args) -> dict:
+    """One FGMT transfer alone in a Ray task, then two at once, interleaved; the seconds measured inside the
+    tasks. Every task transfers the same pair, so alone and paired tasks do identical work."""
+    import ray
+
+    from ltray.distributed import engine
+
+    data, source, job, _ = setup(args.dataset, args.data_root, args.T, args.solver, args.source_epochs, args.out,
+                                 args.method, args.width)
+    base = dict(part="concurrency", dataset=args.dataset, width=int(source.meta["width"]), T=args.T,
+                solver=args.solver, workers=args.workers)
+    with engine.session(args.workers):
+        data_ref, ref = engine.put_data(data), engine.TrajectoryStore().put("source", source)
+
+        def at_once(k: int) -> list:
+            return ray.get([engine.submit(pair_rows, data_ref, engine.Resources(1), source=ref, seed_target=1000,
+                                          **job) for _ in range(k)])
+
+        at_once(args.workers)  # warm-up: every worker imports ltray and loads the compiled solver kernels
+        alone, pair = [], []
+        for rep in range(args.repeats):
+            (one,) = at_once(1)
+            alone.append(one.seconds)
+            emit(args, dict(base, kind="alone", repeat=rep, seconds=one.seconds, pids=[one.pid]),
+                 f"concurrency rep {rep}: alone {one.seconds:.2f} s")
+            two = at_once(2)
+            pair.append(statistics.mean(o.seconds for o in two))
+            emit(args, dict(base, kind="pair", repeat=rep, seconds=[o.seconds for o in two],
+                            pids=[o.pid for o in two]),
+                 f"concurrency rep {rep}: two at once {', '.join(f'{o.seconds:.2f}' for o in two)} s")
+    return summary(args, base, "pair/alone task s", pair, alone, "<= 1.15x")
+
+
+def ltray_transfer(args, source_path: Path, source, **flags) -> dict:
+    """`ltray transfer` on the saved source as a subprocess: its wall clock and the seconds it prints."""
+    cmd = [sys.executable, "-m", "ltray", "transfer", "--dataset", args.dataset, "--trajectory", str(source_path),
+           "--width", str(source.meta["width"]), "--epochs", str(int(source.epochs[-1])), "--seeds", str(args.n),
+           "--methods", args.method, "--T", str(args.T), "--solver", args.solver, "--no-progress"]
+    cmd += ["--data-root", args.data_root] if args.data_root else []
+    for name, value in flags.items():
+        cmd += [f"--{name.replace('_', '-')}", str(value)]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd + ["--out", tmp], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    # "wrote ... (N rows; wall W s, on Ray; the tasks' own seconds sum to S s)"
+    printed = re.search(r"wall ([\d.]+) s, on Ray; the tasks' own seconds sum to ([\d.]+) s", done.stdout)
+    return dict(wall_s=wall, command_wall_s=float(printed[1]), task_seconds_sum=float(printed[2]), **flags)
+
+
+def saved_source(args):
+    """The source trajectory `ltray transfer --trajectory` is given: setup's, cached in --out."""
+    _, source, _, path = setup(args.dataset, args.data_root, args.T, args.solver, args.source_epochs, args.out,
+                               args.method, args.width)
+    return source, path
+
+
+def part_scaling(args) -> dict:
+    """`ltray transfer --seeds N` with 1 and with 2 CPUs, alternating: the whole command's wall clock."""
+    source, path = saved_source(args)
+    base = dict(part="scaling", dataset=args.dataset, width=int(source.meta["width"]), T=args.T, n=args.n,
+                solver=args.solver)
+    walls = {1: [], 2: []}
+    for rep in range(args.repeats):
+        for w in walls:
+            run = ltray_transfer(args, path, source, num_cpus=w)
+            walls[w].append(run["wall_s"])
+            emit(args, dict(base, kind=f"W{w}", repeat=rep, **run),
+                 f"scaling rep {rep}: W={w} wall {run['wall_s']:.1f} s (command's own {run['command_wall_s']:.1f} s,"
+                 f" tasks' seconds {run['task_seconds_sum']:.1f} s)")
+    return summary(args, base, "W1/W2 wall s", walls[1], walls[2], ">= 1.7x")
+
+
+def part_targets(args) -> dict:
+    """`ltray transfer --seeds N --num-cpus W --targets-per-task K` for K = 1, 2, 4: transfers per minute."""
+    source, path = saved_source(args)
+    base = dict(part="targets", dataset=args.dataset, width=int(source.meta["width"]), T=args.T, n=args.n,
+                solver=args.solver, workers=args.workers)
+    rates = {k: [] for k in (1, 2, 4)}
+    for rep in range(args.repeats):
+        for k in rates:
+            run = ltray_transfer(args, path, source, num_cpus=args.workers, targets_per_task=k)
+            rates[k].append(args.n / run["wall_s"] * 60)
+            emit(args, dict(base, kind=f"K{k}", repeat=rep, per_minute=rates[k][-1], **run),
+                 f"targets rep {rep}: K={k} {rates[k][-1]:.1f} transfers/min (wall {run['wall_s']:.1f} s)")
+    line = ", ".join(f"K={k} {mean_std(r)[0]:.1f} +- {mean_std(r)[1]:.1f}" for k, r in rates.items())
+    return emit(args, dict(base, kind="summary", per_minute={k: mean_std(r) for k, r in rates.items()}),
+                f"targets: transfers/min {line} (n = {args.repeats})")
+
+
+def one_epoch(data, *, device: str, kind: str, model_cfg, train_cfg: TrainConfig, seed: int = 0) -> float:
+    """Seconds of one epoch from a fresh model: 'train' (SGD source training) or 'finetune' (Adam at a fixed lr),
+    as the training loops count them (model building excluded)."""
+    model = model_cfg.build(data, seed).to(device)
+    if kind == "train":
+        source = train(model, state_of(model), data.train, replace(train_cfg, epochs=1), seed, progress=False)
+        return source.meta["train_seconds"]
+    _, _, seconds = next(finetune_epochs(model, state_of(model), data.train, FinetuneConfig(epochs=1), seed))
+    return seconds
+
+
+def part_finetune(args) -> dict:
+    """One epoch of fine-tuning vs one of source training, each in-process at 1 torch thread and in a 1-CPU Ray
+    task, alternating."""
+    import ray
+
+    from ltray.distributed import engine
+
+    data_cfg, preset = DataConfig(args.dataset, args.data_root), PRESETS[args.dataset]
+    data, model_cfg = data_cfg.load(), replace(preset["model"], width=args.width)
+    job = dict(model_cfg=model_cfg, train_cfg=preset["train"])
+    base = dict(part="finetune", dataset=args.dataset, width=args.width)
+    seconds = {(where, kind): [] for where in ("process", "ray") for kind in ("train", "finetune")}
+    torch.set_num_threads(1)
+    with engine.session(args.workers):
+        data_ref = engine.put_data(data)
+        run = {"process": lambda kind: engine.run_local(one_epoch, data, kind=kind, **job),
+               "ray": lambda kind: ray.get(engine.submit(one_epoch, data_ref, engine.Resources(1), kind=kind,
+                                                         **job)).value}
+        for where, kind in seconds:  # warm-up: first calls allocate and load what later ones reuse
+            run[where](kind)
+        for rep in range(args.repeats):
+            for where, kind in seconds:
+                seconds[where, kind].append(run[where](kind))
+                emit(args, dict(base, kind=kind, where=where, repeat=rep, seconds=seconds[where, kind][-1]),
+                     f"finetune rep {rep}: {kind} epoch {where} {seconds[where, kind][-1]:.3f} s")
+    summary(args, dict(base, where="process"), "finetune/train epoch s, in-process", seconds["process", "finetune"],
+            seconds["process", "train"], "-")
+    return summary(args, dict(base, where="ray"), "finetune/train epoch s, in Ray", seconds["ray", "finetune"],
+                   seconds["ray", "train"], "<= 1.25x")
+
+
+def part_latency(args) -> dict:
+    """A fresh local Ray each repeat: ray.init, then a fan-out of W tiny transfers twice (cold: workers start and
+    import ltray; warm: they are up), timed from the first submit to the first and to the last result."""
+    from ltray.distributed import engine
+
+    data, source, job, _ = setup(args.dataset, args.data_root, args.T, args.solver, args.source_epochs, args.out,
+                                 args.method, args.width)
+    base = dict(part="latency", dataset=args.dataset, width=int(source.meta["width"]), T=args.T,
+                workers=args.workers)
+    firsts = []
+    for rep in range(args.repeats):
+        t0 = time.perf_counter()
+        with engine.session(args.workers):
+            init = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            data_ref, ref = engine.put_data(data), engine.TrajectoryStore().put("source", source)
+            put = time.perf_counter() - t0
+            submit = lambda s: engine.submit(pair_rows, data_ref, engine.Resources(1), source=ref,  # noqa: E731
+                                             seed_target=s, **job)
+            for fan in ("cold", "warm"):
+                t0, first = time.perf_counter(), None
+                for _ in engine.fan_out(submit, [1000 + k for k in range(args.workers)], args.workers, progress=False):
+                    first = first or time.perf_counter() - t0
+                last = time.perf_counter() - t0
+                if fan == "cold":
+                    firsts.append(put + first)
+                emit(args, dict(base, kind=fan, repeat=rep, ray_init_s=init, put_s=put, first_result_s=first,
+                                all_results_s=last),
+                     f"latency rep {rep}: ray.init {init:.2f} s, put {put:.2f} s, {fan} fan-out: first result "
+                     f"{first:.2f} s, all {args.workers} {last:.2f} s after the first submit")
+    m, s = mean_std(firsts)
+    return emit(args, dict(base, kind="summary", first_result_after_init_s=(m, s), goal="<= 2 s"),
+                f"latency: first result {m:.2f} +- {s:.2f} s after Ray is up (put + cold fan-out; goal <= 2 s;"
+                f" n = {len(firsts)})")
+
+
+def part_conv8(args) -> dict:
+    """One FGMT transfer of Conv8 on CIFAR-shaped synthetic data (bench_step's), on --device, --repeats times
+    (the first includes loading kernels); the source is theta^0 -> theta^0 + noise, nothing is trained."""
+    import numpy as np
+
+    from bench_step import synthetic_cifar  # this script's folder is on sys.path
+    from ltray import build_model, spec_for, transfer
+    from ltray.core.trajectory import Layout
+
+    batch = PRESETS["cifar10"].get("batch_size", 256)
+    data = synthetic_cifar(max(batch * args.T, 2560), args.val)
+    model = build_model("conv8", 10, 3, 32, args.width, seed=0).to(args.device)
+    theta = state_of(model)
+    layout = Layout.of(theta)
+    first = layout.flatten(theta)
+    noise = np.random.default_rng(0).standard_normal(first.shape).astype(np.float32)
+    source = Trajectory(layout, np.stack([first, first + 0.02 * noise * np.abs(first).mean()]), {"seed": 0})
+    target = {k: v.to(args.device) for k, v in state_of(build_model("conv8", 10, 3, 32, args.width, 1)).items()}
+    cfg = TransferConfig(T=args.T, batch_size=batch, solver=args.solver)
+    base = dict(part="conv8", device=args.device, width=args.width, T=args.T, B=batch, val=args.val,
+                params=layout.size, solver=args.solver)
+    walls = []
+    for rep in range(args.repeats):
+        t0 = time.perf_counter()
+        result = transfer("fgmt", model, spec_for(model), source.linear(args.T), target, data, cfg, seed=1)
+        walls.append(time.perf_counter() - t0)
+        emit(args, dict(base, kind="transfer", repeat=rep, seconds=walls[-1], profile=dict(result.profile)),
+             f"conv8 rep {rep}: FGMT T={args.T} on {args.device} {walls[-1]:.2f} s ("
+             + ", ".join(f"{k} {v:.2f}" for k, v in result.profile.items()) + ")")
+    warm = walls[1:] or walls
+    m, s = mean_std(warm)
+    return emit(args, dict(base, kind="summary", seconds=(m, s), repeats=len(warm)),
+                f"conv8: {m:.2f} +- {s:.2f} s per transfer on {args.device} (after the first; n = {len(warm)})")
+
+
+NEW_PARTS = {"concurrency": part_concurrency, "scaling": part_scaling, "finetune": part_finetune,
+             "latency": part_latency, "targets": part_targets, "conv8": part_conv8}
+# --T and --width when not given (width None: the dataset's preset)
+DEFAULTS = {"latency": (2, 64), "finetune": (10, 1024), "conv8": (10, 64)}
+
+
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", default="digits", choices=["digits", "mnist", "memory"])
+    p.add_argument("--part", default="digits", choices=["digits", "mnist", "memory", *NEW_PARTS])
     p.add_argument("--dataset", default=None, help="digits or mnist (default: the part's)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--n", type=int, default=8, help="transfers (default 8)")
     p.add_argument("--workers", type=int, default=2, help="Ray workers = CPUs of the local cluster (default 2)")
     p.add_argument("--method", default="fgmt")
-    p.add_argument("--T", type=int, default=10)
-    p.add_argument("--solver", default="scipy", help="assignment solver (ltray.lap.SOLVERS)")
+    p.add_argument("--T", type=int, default=None, help="transfer steps (default 10; latency: 2)")
+    p.add_argument("--width", type=int, default=None,
+                   help="model width (default: the preset's; finetune 1024, latency 64, conv8 64)")
+    p.add_argument("--solver", default=None, help="assignment solver (ltray.lap.SOLVERS; default scipy for the "
+                                                  "parts digits, mnist, memory, else auto)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the issue-13 parts (default 3)")
+    p.add_argument("--device", default="cpu", help="conv8: cpu or cuda")
+    p.add_argument("--val", type=int, default=1000, help="conv8: validation images evaluated at each step")
     p.add_argument("--source-epochs", type=int, default=None, help="source training epochs (default: preset)")
     p.add_argument("--baseline-threads", default=None, help="torch threads of the in-process runs (default 1,W)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-ray"))
     p.add_argument("--memory-mode", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    T, width = DEFAULTS.get(args.part, (10, None))
+    args.T = args.T or T
+    args.width = args.width or width
+    args.solver = args.solver or ("auto" if args.part in NEW_PARTS else "scipy")
     args.dataset = args.dataset or ("mnist" if args.part == "mnist" else "digits")
     if args.dataset == "mnist" and args.data_root is None:
         args.data_root = str(MNIST_ROOT)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.memory_mode:
         print(json.dumps(memory_mode(args)))
-        return
+        return {}
+    if args.part in NEW_PARTS:
+        return NEW_PARTS[args.part](args)
     record = {"digits": part_transfers, "mnist": part_transfers, "memory": part_memory}[args.part](args)
     record.update(torch=torch.__version__, cpus=os.cpu_count(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
     line = json.dumps(record, default=lambda v: round(v, 4) if isinstance(v, float) else str(v))
     with open(args.out / "results.jsonl", "a") as f:
         f.write(line + "\n")
     print(json.dumps(record, indent=1, default=str))
+    return record
 
 
 if __name__ == "__main__":
