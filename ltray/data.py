@@ -95,23 +95,47 @@ def _load_digits() -> _Raw:
     return _Raw(x, torch.from_numpy(d.target.astype(np.int64)), None, None, 10, 16.0)
 
 
-def _load_mnist_like(name: str, root: Path, download: bool) -> _Raw:
-    from torchvision import datasets
+_IDX = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}   # torchvision's folder under the data_root
 
-    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    parts = []
-    for train in (True, False):
+
+def _read_idx(name: str, path: Path, magic: int, tail: tuple[int, ...]) -> torch.Tensor:
+    """One uint8 idx file (LeCun's format: big-endian magic, then the dimensions, then the bytes), checked
+    against the magic and the trailing shape `tail` torchvision's MNIST files have."""
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise LtrayError(f"{name}: cannot read {path}: {_one_line(exc)}") from exc
+    ndim = 1 + len(tail)
+    head = raw[: 4 * (ndim + 1)].view(">u4") if raw.size >= 4 * (ndim + 1) else np.zeros(0, ">u4")
+    if head.size != ndim + 1 or int(head[0]) != magic or tuple(int(d) for d in head[2:]) != tail \
+            or raw.size != 4 * (ndim + 1) + int(np.prod(head[1:], dtype=np.int64)):
+        raise LtrayError(f"{name}: {path} is not an idx file of shape (n, {', '.join(map(str, tail))})"
+                         if tail else f"{name}: {path} is not an idx label file")
+    return torch.from_numpy(raw[4 * (ndim + 1):].copy()).reshape(int(head[1]), *tail)
+
+
+def _load_mnist_like(name: str, root: Path, download: bool) -> _Raw:
+    """torchvision's layout (<root>/MNIST/raw/*-ubyte), read here: torchvision is imported only to download."""
+    raw = root / _IDX[name] / "raw"
+    files = [raw / f"{split}-{kind}" for split in ("train", "t10k") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+    if download and not all(f.is_file() for f in files):
+        from torchvision import datasets
+
+        cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
         try:
-            ds = cls(str(root), train=train, download=download)
-        except RuntimeError as exc:
-            if "not found" in str(exc).lower():
-                raise _missing(name, root / cls.__name__ / "raw", "idx files") from exc
-            raise LtrayError(f"{name}: cannot load from {root}: {_one_line(exc)}") from exc
-        except (OSError, AssertionError, TypeError, ValueError) as exc:
-            # OSError: failed download; the others: torchvision's idx reader on a damaged file.
-            raise LtrayError(f"{name}: cannot load from {root}: {_one_line(exc)}") from exc
-        # .data/.targets are the whole decoded set: read them instead of ds[i], which builds a PIL image.
-        parts += [ds.data.unsqueeze(1).contiguous(), ds.targets.long()]
+            for train in (True, False):
+                cls(str(root), train=train, download=True)
+        except (OSError, RuntimeError) as exc:
+            raise LtrayError(f"{name}: download into {root} failed: {_one_line(exc)}") from exc
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise _missing(name, raw, f"missing {', '.join(missing)}")
+    parts = []
+    for images, labels in (files[:2], files[2:]):
+        x, y = _read_idx(name, images, 2051, (28, 28)), _read_idx(name, labels, 2049, ())
+        if len(x) != len(y):
+            raise LtrayError(f"{name}: {images.name} holds {len(x)} images but {labels.name} {len(y)} labels")
+        parts += [x.unsqueeze(1), y.long()]
     return _Raw(*parts, num_classes=10, scale=255.0)
 
 

@@ -149,6 +149,26 @@ def test_fashion_mnist_from_idx_files(tmp_path: Path) -> None:
     assert torch.allclose(b.test.x.flatten(), expected)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "magic", "shape", "count"])
+def test_damaged_idx_file_names_it(tmp_path: Path, damage: str) -> None:
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 20), ("t10k", 5)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", 2051, np.zeros((n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", 2049, np.arange(n) % 10)
+    bad = raw / "t10k-images-idx3-ubyte"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:-7])
+    elif damage == "magic":
+        write_idx(bad, 2049, np.zeros((5, 28, 28)))
+    elif damage == "shape":
+        write_idx(bad, 2051, np.zeros((5, 32, 32)))
+    else:
+        write_idx(bad, 2051, np.zeros((4, 28, 28)))   # 4 images, 5 labels
+    message = one_line_error("fashion-mnist", tmp_path)
+    assert bad.name in message
+
+
 # ---------------------------------------------------------------- CIFAR (pickled batches)
 
 
