@@ -169,3 +169,17 @@ def test_default_runs_on_digits_and_prints_one_row_per_kind(tmp_path):
     ensembles = pd.read_parquet(out / "ensemble.parquet")
     moved = ensembles[ensembles.kind == "transferred"]
     assert (moved.gain >= 0).all()                            # members that differ: the ensemble gains
+
+
+def test_ray_pays_only_when_the_remaining_work_outlasts_its_start():
+    """R seconds of work take ~start + R / W on W slots: Ray pays above R = start * W / (W - 1), never on one."""
+    from argparse import Namespace
+
+    from ltray.distributed.ensemble import RAY_START_SECONDS, _worth_ray
+
+    for cpus, per_task, slots in ((2, 1, 2), (4, 1, 4), (8, 2, 4)):
+        r = _worth_ray(Namespace(num_cpus=cpus, cpus_per_task=per_task))
+        assert r == pytest.approx(RAY_START_SECONDS * slots / (slots - 1))
+        assert RAY_START_SECONDS + r / slots == pytest.approx(r)   # break-even: both paths take r seconds
+    assert _worth_ray(Namespace(num_cpus=1, cpus_per_task=1)) == float("inf")
+    assert _worth_ray(Namespace(num_cpus=2, cpus_per_task=2)) == float("inf")

@@ -38,7 +38,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and source training (defaults: the dataset's paper preset)")
-    g.add_argument("--model", default=None, help="mlp, conv8, resnet18, torchvision:NAME (e.g. torchvision:resnet34; "
+    g.add_argument("--model", default=None, help="mlp, conv8, conv8bn (with BatchNorm), resnet18, torchvision:NAME (e.g. torchvision:resnet34; "
                    "random weights, its stem made for the data's channels) or package.module:factory (your own); "
                    "other models than ltray's get a permutation spec traced and verified by ltray.core.autospec")
     g.add_argument("--width", type=positive_int, default=None, help="hidden width (mlp) / base channels (conv8)")
@@ -165,7 +165,8 @@ def add_ensemble_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-plot", action="store_true", help="skip ensemble.png")
     g.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
                    help="run every unit as a Ray task (--ray) or all in this process (--no-ray); by default units "
-                        "run here for up to 8 s, and what is left goes to Ray (small jobs never pay its start)")
+                        "run here while the rest, at their pace, would finish sooner here than on a freshly started "
+                        "local Ray, and what is left then goes to Ray (small jobs never pay its start)")
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,8 @@ In one run, for each of R repeats (independent seeds), it builds and evaluates o
   initialisation (--method), its best step fine-tuned for each of --finetune-epochs (each with its own data
   order); with --with-sources the K sources are members too, beside M - K transferred ones.
 It reports accuracy, NLL, ECE, disagreement, ensemble gain and compute seconds (seconds_vs_full: against the
-full ensemble of the same size). Units of work (a training run, a transfer) fan out as Ray tasks; each finished
+full ensemble of the same size). Units of work (a training run, a transfer) run in this process while the rest
+would finish sooner here than on a freshly started local Ray, then fan out as Ray tasks; each finished
 unit is saved under DIR/members/, so a rerun with the same --out skips it; the Parquet files, the PNG and the
 printed table are rebuilt from all units. Metric definitions: ltray.metrics; seconds: ltray.ensemble.members.
 """
@@ -79,7 +80,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
                         given, data, data_cfg, jobs)
         ray_asked = args.ray or args.address is not None or args.gpus_per_task is not None
         if args.ray is False or not ray_asked:   # small jobs: no Ray start, no fan-out overhead
-            runner.run_here(float("inf") if args.ray is False else AUTO_LOCAL_SECONDS, int(args.cpus_per_task),
+            runner.run_here(float("inf") if args.ray is False else _worth_ray(args), int(args.cpus_per_task),
                             not args.no_progress)
         if runner.todo:
             with engine.session(args.num_cpus, args.address):
@@ -96,7 +97,17 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
         print(f"wall {wall:.1f} s for {len(todo)} units; their own seconds sum to {task_seconds:.1f} s")
 
 
-AUTO_LOCAL_SECONDS = 8.0   # about what starting the local Ray and its first workers costs here (2 cores)
+RAY_START_SECONDS = 8.0   # starting the local Ray and its first workers, measured here (2 cores; docs/ray.md)
+
+
+def _worth_ray(args: argparse.Namespace) -> float:
+    """Seconds of remaining in-process work above which the local Ray pays: with W task slots it finishes R
+    seconds of work in about RAY_START_SECONDS + R / W, which beats R once R > RAY_START_SECONDS * W / (W - 1).
+    One slot never pays."""
+    import os
+
+    slots = int((args.num_cpus or os.cpu_count() or 1) // max(args.cpus_per_task, 1e-9))
+    return RAY_START_SECONDS * slots / (slots - 1) if slots > 1 else float("inf")
 
 
 class _Units:
@@ -146,8 +157,10 @@ class _Units:
         return self.given if self.given is not None else _kept_source(self.source_file[seed], self.keep)
 
     def run_here(self, budget: float, threads: int, progress: bool) -> None:
-        """Units in this process, in plan order, until none is left or `budget` seconds have gone; with the
-        threads a task would have, so that the numbers are the same wherever a unit ran."""
+        """Units in this process, in plan order, until none is left or (after RAY_START_SECONDS / 2 of them) the
+        remaining ones, at the pace of those done so far, would take longer than `budget` seconds here (then the
+        caller runs them on Ray); with the threads a task would have, so that the numbers are the same wherever
+        a unit ran."""
         import torch
         from tqdm.auto import tqdm
 
@@ -162,9 +175,11 @@ class _Units:
         from ..core.trajectory import save_trajectory
         from ..runs import train_source
 
-        t0 = time.perf_counter()
+        t0, done = time.perf_counter(), 0
         for u in tqdm(list(self.todo), desc="units here", disable=not progress, leave=False):
-            if time.perf_counter() - t0 > budget:
+            elapsed = time.perf_counter() - t0
+            # judged on a few seconds of units, not the first alone (a source's training is slower than most)
+            if elapsed >= RAY_START_SECONDS / 2 and elapsed / done * len(self.todo) > budget:
                 break
             if u.source is not None and u.source not in self.sources:
                 source = self.saved_source(u.source)
@@ -177,7 +192,7 @@ class _Units:
             fn, kwargs = self.job(u, self.sources.get(u.source))
             t1 = time.perf_counter()
             self.finished(u, fn(self.data, device="cpu", **kwargs), time.perf_counter() - t1)
-            self.here += 1
+            self.here, done = self.here + 1, done + 1
 
     def run_on_ray(self, resources, max_in_flight: int, progress: bool) -> None:
         """The remaining units as Ray tasks, at most max_in_flight at once."""
