@@ -20,6 +20,8 @@ on the terminal, then a summary line (kind "summary") with the ratio and its goa
     --part latency       fresh local Ray: ray.init, then submit -> first result, cold and warm  (goal <= 2 s)
     --part targets       `ltray transfer --seeds 8 --num-cpus 2 --targets-per-task K`, K = 1, 2, 4: transfers/min
     --part conv8         one FGMT transfer of Conv8 on CIFAR-shaped synthetic data on --device (no Ray)
+    --part ensemble      the README's main job (`python -m ltray.ensemble`, digits): wall / units' seconds
+                                                                                       (goal <= 1.5x)
 
 Each takes --dataset digits (seconds, for smoke runs) or mnist (../shared/datasets); the solver defaults to auto
 (the existing parts keep scipy).
@@ -372,7 +374,8 @@ def part_finetune(args) -> dict:
 
 def part_latency(args) -> dict:
     """A fresh local Ray each repeat: ray.init, then a fan-out of W tiny transfers twice (cold: workers start and
-    import ltray; warm: they are up), timed from the first submit to the first and to the last result."""
+    import ltray; warm: they are up), timed from the first submit to the first and to the last result; then
+    Ray's shutdown. Together: the fixed cost a Ray-backed command pays around its tasks."""
     from ltray.distributed import engine
 
     data, source, job, _ = setup(args.dataset, args.data_root, args.T, args.solver, args.source_epochs, args.out,
@@ -400,6 +403,9 @@ def part_latency(args) -> dict:
                                 all_results_s=last),
                      f"latency rep {rep}: ray.init {init:.2f} s, put {put:.2f} s, {fan} fan-out: first result "
                      f"{first:.2f} s, all {args.workers} {last:.2f} s after the first submit")
+            t0 = time.perf_counter()
+        emit(args, dict(base, kind="shutdown", repeat=rep, shutdown_s=time.perf_counter() - t0),
+             f"latency rep {rep}: ray.shutdown {time.perf_counter() - t0:.2f} s")
     m, s = mean_std(firsts)
     return emit(args, dict(base, kind="summary", first_result_after_init_s=(m, s), goal="<= 2 s"),
                 f"latency: first result {m:.2f} +- {s:.2f} s after Ray is up (put + cold fan-out; goal <= 2 s;"
@@ -441,8 +447,33 @@ def part_conv8(args) -> dict:
                 f"conv8: {m:.2f} +- {s:.2f} s per transfer on {args.device} (after the first; n = {len(warm)})")
 
 
+def part_ensemble(args) -> dict:
+    """The README's main job, `python -m ltray.ensemble` with its defaults (digits), as a subprocess in a fresh
+    folder: its wall clock, the wall it prints beside the sum of its units' own seconds, and where they ran."""
+    ratios = []
+    for rep in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "ltray.ensemble", "--out", tmp, "--no-progress", "--no-plot"],
+                                  capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+        if done.returncode:
+            raise SystemExit(f"python -m ltray.ensemble failed:\n{done.stderr[-3000:]}")
+        printed = re.search(r"wall ([\d.]+) s for (\d+) units; their own seconds sum to ([\d.]+) s", done.stdout)
+        where = re.search(r"ran \d+ units: (.*)", done.stdout)
+        ratios.append(float(printed[1]) / float(printed[3]))
+        emit(args, dict(part="ensemble", kind="default", repeat=rep, wall_s=wall, command_wall_s=float(printed[1]),
+                        units=int(printed[2]), unit_seconds_sum=float(printed[3]), ran=where[1] if where else ""),
+             f"ensemble rep {rep}: wall {wall:.1f} s (printed {printed[1]} s) for {printed[2]} units whose own "
+             f"seconds sum to {printed[3]} s; ran {where[1] if where else '?'}")
+    m, sd = mean_std(ratios)
+    return emit(args, dict(part="ensemble", kind="summary", ratio=(m, sd), goal="<= 1.5x"),
+                f"ensemble: printed wall / units' seconds = {m:.2f} +- {sd:.2f} (goal <= 1.5x; n = {len(ratios)})")
+
+
 NEW_PARTS = {"concurrency": part_concurrency, "scaling": part_scaling, "finetune": part_finetune,
-             "latency": part_latency, "targets": part_targets, "conv8": part_conv8}
+             "latency": part_latency, "targets": part_targets, "conv8": part_conv8,
+             "ensemble": part_ensemble}
 # --T and --width when not given (width None: the dataset's preset)
 DEFAULTS = {"latency": (2, 64), "finetune": (10, 1024), "conv8": (10, 64)}
 
