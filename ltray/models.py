@@ -12,8 +12,8 @@ from torch import nn
 
 from .errors import LtrayError
 
-MODELS = ("mlp", "conv8", "resnet18")
-DEFAULT_WIDTH = {"mlp": 4096, "conv8": 64, "resnet18": 64}
+MODELS = ("mlp", "conv8", "conv8bn", "resnet18")
+DEFAULT_WIDTH = {"mlp": 4096, "conv8": 64, "conv8bn": 64, "resnet18": 64}
 
 
 class MLP(nn.Sequential):
@@ -36,15 +36,19 @@ class Conv8(nn.Module):
 
     Channel widths are (1, 1, 2, 2, 4, 4, 8, 8, 8) x `width` (64 in the paper). The last max-pool covers the
     whole remaining map (4x4 for 32x32 inputs), so the classifier sees a plain channel axis. The table's last
-    Linear reads "input=512", a typo for 256 (the previous layer's output).
+    Linear reads "input=512", a typo for 256 (the previous layer's output). With `batchnorm` ("conv8bn"), each
+    conv is followed by a BatchNorm2d (conv -> BN -> ReLU), which the paper's Conv8 has not: ltray's BatchNorm
+    path (statistics reset after a transfer) on a model small enough for a CPU.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: int = 32, width: int = 64):
+    def __init__(self, in_channels: int, num_classes: int, image_size: int = 32, width: int = 64,
+                 batchnorm: bool = False):
         super().__init__()
         if image_size < 8:
             raise LtrayError(f"conv8 needs images of at least 8x8 pixels, got {image_size}")
         c = [in_channels] + [width * m for m in (1, 1, 2, 2, 4, 4, 8, 8, 8)]
         self.convs = nn.ModuleList(nn.Conv2d(c[i], c[i + 1], 3, padding=1) for i in range(9))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(c[i + 1]) for i in range(9)) if batchnorm else None
         self.last_pool = image_size // 8  # map size left after three 2x2 pools
         self.fc1 = nn.Linear(c[-1], 4 * width)
         self.fc2 = nn.Linear(4 * width, 4 * width)
@@ -52,7 +56,8 @@ class Conv8(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, conv in enumerate(self.convs):
-            x = torch.relu(conv(x))
+            x = conv(x)
+            x = torch.relu(self.norms[i](x) if self.norms is not None else x)
             if i in (1, 3, 5):
                 x = torch.max_pool2d(x, 2)
             elif i == 7:
@@ -88,8 +93,8 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_si
         torch.manual_seed(seed)
         if name == "mlp":
             model = MLP(in_channels * image_size * image_size, width, num_classes, depth)
-        elif name == "conv8":
-            model = Conv8(in_channels, num_classes, image_size, width)
+        elif name in ("conv8", "conv8bn"):
+            model = Conv8(in_channels, num_classes, image_size, width, batchnorm=name == "conv8bn")
         else:
             model = _resnet18(in_channels, num_classes, image_size, width)
     return model

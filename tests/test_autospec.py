@@ -152,6 +152,7 @@ def test_weight_matching_recovers_a_planted_permutation(name):
 @pytest.mark.parametrize("name,kw", [("mlp", dict(image_size=8, width=16)),
                                      ("mlp", dict(image_size=8, width=16, depth=3)),
                                      ("conv8", dict(in_channels=3, image_size=32, width=4)),
+                                     ("conv8bn", dict(in_channels=3, image_size=32, width=4)),
                                      ("resnet18", dict(in_channels=3, image_size=32))], ids=str)
 def test_derived_specs_equal_the_hand_written_ones(name, kw):
     model = ltray.build_model(name, **kw)

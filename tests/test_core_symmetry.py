@@ -11,6 +11,7 @@ CASES = [
     ("mlp", dict(num_classes=10, in_channels=1, image_size=8, width=32)),
     ("mlp", dict(num_classes=3, in_channels=1, image_size=8, width=16, depth=3)),
     ("conv8", dict(num_classes=10, in_channels=3, image_size=32, width=8)),
+    ("conv8bn", dict(num_classes=10, in_channels=1, image_size=8, width=4)),
     ("resnet18", dict(num_classes=10, in_channels=3, image_size=32)),
 ]
 
@@ -20,7 +21,7 @@ def _randomised_state(model):
     gen = torch.Generator().manual_seed(5)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for k, v in state.items():
-        if k.endswith(("running_var", "bn1.weight", "bn2.weight")):
+        if k.endswith(("running_var", "bn1.weight", "bn2.weight")) or (k.startswith("norms.") and k.endswith("weight")):
             state[k] = torch.rand(v.shape, generator=gen) + 0.5
         elif k.endswith(("running_mean", ".bias")) and v.is_floating_point():
             state[k] = torch.randn(v.shape, generator=gen) * 0.1

@@ -36,11 +36,12 @@ def mlp_spec(depth: int = 1) -> PermutationSpec:
     return PermutationSpec(axes)
 
 
-def conv8_spec() -> PermutationSpec:
+def conv8_spec(batchnorm: bool = False) -> PermutationSpec:
+    """Conv8 (and "conv8bn": a BatchNorm after each conv, permuted with that conv's output channels)."""
     axes: dict[str, Axes] = {}
     p_in = None
     for i in range(9):
-        axes |= _conv(f"convs.{i}", f"P_conv{i}", p_in)
+        axes |= _conv(f"convs.{i}", f"P_conv{i}", p_in) | (_norm(f"norms.{i}", f"P_conv{i}") if batchnorm else {})
         p_in = f"P_conv{i}"
     axes |= _linear("fc1", "P_fc1", p_in) | _linear("fc2", "P_fc2", "P_fc1") | _linear("fc3", None, "P_fc2")
     return PermutationSpec(axes)
@@ -73,7 +74,7 @@ def spec_for(model: nn.Module, example_input: torch.Tensor | tuple | None = None
     if isinstance(model, MLP):
         spec = mlp_spec(model.depth)
     elif isinstance(model, Conv8):
-        spec = conv8_spec()
+        spec = conv8_spec(model.norms is not None)
     elif type(model).__name__ == "ResNet" and set(resnet18_spec().axes) == set(model.state_dict()):
         spec = resnet18_spec()
     else:
