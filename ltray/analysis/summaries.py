@@ -52,6 +52,18 @@ def summary_markdown(folder: str | os.PathLike) -> str:
                 for start, g in sorted(df.groupby("start"), key=lambda kv: (methods + ["standard"]).index(kv[0]))]
         parts.append(f"**{path.name}** (validation accuracy %, epoch 0 = the start)\n\n"
                      + _table(["start"] + [f"epoch {e}" for e in epochs] + ["n"], rows))
+    for path in sorted(folder.glob("*_generalisation.parquet")):
+        df = pd.read_parquet(path)
+        epochs = [e for e in (0, 1, 2, 5, 10) if e in set(df.epoch)]
+        share = lambda v: "-" if pd.isna(v) else f"{100 * v:g}%"  # noqa: E731
+        rows = [[start, share(src), share(tgt)] + [_pm(g[g.epoch == e].test_acc) for e in epochs]
+                + [_pm(g[g.epoch == epochs[-1]].val_acc), str(g.seed_source.nunique())]
+                for (start, src, tgt), g in df.groupby(["start", "source_pretrain", "target_pretrain"], dropna=False)]
+        rows.sort(key=lambda r: (r[0] == "standard", r[2] != "100%"))
+        parts.append(f"**{path.name}** (test accuracy % after each epoch of Adam from the start; source / target: "
+                     f"the share of the pre-training images their bodies saw)\n\n"
+                     + _table(["start", "source", "target"] + [f"epoch {e}" for e in epochs]
+                              + [f"val, epoch {epochs[-1]}", "n"], rows))
     for path in sorted(folder.glob("*_paths.parquet")):
         df = pd.read_parquet(path)
         rows = []
@@ -59,7 +71,7 @@ def summary_markdown(folder: str | os.PathLike) -> str:
             per_seed = g.groupby(["seed_source", "seed_target"])
             # recomputed from the path itself, so files written before these columns existed read the same
             found = pd.DataFrame([barriers(p.alpha.to_numpy(), p.loss.to_numpy(), p.acc.to_numpy())
-                                  for _, p in (pair.sort_values("alpha") for _, pair in per_seed)])
+                                  for p in (pair.sort_values("alpha") for _, pair in per_seed)])
             rows.append([case, method, _pm(found.barrier, 3), _pm(found.barrier_rel, 3), _pm(found.acc_barrier),
                          _pm(g[g.alpha == 0].loss, 3), _pm(per_seed.loss.max(), 3), _pm(g[g.alpha == 1].loss, 3),
                          _pm(per_seed.acc.min()), str(len(per_seed))])
@@ -79,7 +91,8 @@ def replot(folder: str | os.PathLike) -> list[Path]:
     from . import plots
 
     figures = {"transfer": plots.transfer_figure, "subsequent": plots.subsequent_figure,
-               "paths": plots.paths_figure, "plane": plots.planes_figure, "ablation": plots.ablation_figure}
+               "paths": plots.paths_figure, "plane": plots.planes_figure, "ablation": plots.ablation_figure,
+               "generalisation": plots.generalisation_figure}
     known = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
     written = []
     for path in sorted(Path(folder).glob("*.parquet")):
