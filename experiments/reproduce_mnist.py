@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--schedules", nargs="+", default=["uniform", "cosine"])
     p.add_argument("--methods", default="naive,oracle,gmt,fgmt")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--width", type=int, default=4096)
+    p.add_argument("--width", type=int, default=None, help="hidden width (default 4096, smoke 64)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--solver", default="auto")
     p.add_argument("--cache", default="runs/cache", help="trained trajectories are kept here and reused")
@@ -44,7 +44,8 @@ def main() -> None:
     p.add_argument("--plot-only", action="store_true", help="redraw the figures from <out>/transfer.parquet")
     args = p.parse_args()
     if args.smoke:
-        args.lrs, args.Ts, args.seeds, args.width, args.epochs = [0.1], [2], 1, 64, 2
+        args.lrs, args.Ts, args.seeds, args.epochs = [0.1], [2], 1, 2
+    args.width = args.width or (64 if args.smoke else 4096)
     data_cfg = DataConfig("digits") if args.smoke else DataConfig("mnist", str(Path(args.data_root).resolve()))
     if args.plot_only:
         df = pd.read_parquet(Path(args.out) / "transfer.parquet")   # files before the one schema said "lr"
@@ -138,7 +139,7 @@ def plot(df: pd.DataFrame, args, out: Path) -> None:
                 ax.set(xlabel="transfer step $t$", ylabel=r"validation accuracy of $\theta_2^t$ (%)")
                 ax.xaxis.get_major_locator().set_params(integer=True)
         axes[0, 0].legend(fontsize=6, ncol=2)
-        fig.suptitle(f"MNIST 2-MLP (width {args.width}), source SGD lr {lr:g}, linear trajectories: transferred "
+        fig.suptitle(f"MNIST 2-MLP (width {args.width}), source SGD lr {lr:g},\nlinear trajectories: transferred "
                      f"validation accuracy" if not args.smoke else "smoke run (digits)", fontsize=9)
         bands_note(fig)
         save_figure(fig, out / f"transfer_lr{lr:g}.png")

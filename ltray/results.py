@@ -110,6 +110,18 @@ SUBSEQUENT_SCHEMA = pa.schema([
     pa.field("seconds", pa.float64()), *PROVENANCE,
 ])
 
+# Generalisation (paper v2 Fig. 8): training from a transferred or a plain pre-trained start, scored each epoch
+# on the task's validation and test splits; start = "<method>" or "standard"; source_pretrain / target_pretrain:
+# the share of the pre-training images the source's and the target's bodies saw (source_pretrain null for
+# "standard", which has no source).
+GENERALISATION_SCHEMA = pa.schema([
+    *_SCENARIO, pa.field("start", pa.string()), pa.field("source_pretrain", pa.float64()),
+    pa.field("target_pretrain", pa.float64()), pa.field("start_step", pa.int64()), pa.field("lr", pa.float64()),
+    pa.field("epoch", pa.int64()), pa.field("val_acc", pa.float64()), pa.field("val_loss", pa.float64()),
+    pa.field("test_acc", pa.float64()), pa.field("test_loss", pa.float64()), pa.field("seconds", pa.float64()),
+    *PROVENANCE,
+])
+
 # 1-D landscape: one row per point alpha of the path (1 - alpha) a + alpha b; barrier is the path's loss
 # barrier, barrier_rel the same / the mean end loss, acc_barrier its accuracy barrier in pt (repeated on its rows). Experiment rows carry scenario, seeds, method and case; CLI rows leave them null.
 PATH_SCHEMA = pa.schema([

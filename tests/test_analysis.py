@@ -128,6 +128,47 @@ def test_transfer_curves_smoke(tmp_path, cache, scenario):
     assert naive.oracle_agreement.between(0, 0.5).all() and df.oracle_agreement.between(0, 1).all()
 
 
+def test_transfer_curves_batchnorm_model_smoke(tmp_path, cache):
+    """--model conv8bn: the BatchNorm path on real images (digits), every method, its own file names."""
+    assert _smoke("transfer_curves", tmp_path, cache, "--model", "conv8bn", "--width", "4", "--seeds", "1",
+                  "--T", "2") == 0
+    df = _read(tmp_path / "random_conv8bn_w4_transfer.parquet", TRANSFER_SCHEMA)
+    assert set(df.method) == set(ltray.METHODS) and set(df.model) == {"conv8bn"} and len(df) == 4 * 3
+    oracle = df[(df.method == "oracle") & (df.t == 2)]
+    assert (oracle.oracle_agreement == 1).all() and df.val_acc.between(0, 100).all()
+    assert (tmp_path / "random_conv8bn_w4_transfer.png").exists()
+
+
+def test_generalisation_smoke(tmp_path, cache):
+    """experiments/generalisation.py --smoke: a trajectory from a body pre-trained on 10 % of the images, moved
+    onto a fully and a 10 %-pre-trained target; every start trained and scored on validation and test sets."""
+    from ltray.results import GENERALISATION_SCHEMA
+
+    assert _smoke("generalisation", tmp_path, cache, "--scenario", "pretrained", "--seeds", "1") == 0
+    df = pd.read_parquet(tmp_path / "pretrained_w32_generalisation.parquet")
+    assert pq.read_schema(tmp_path / "pretrained_w32_generalisation.parquet").equals(GENERALISATION_SCHEMA,
+                                                                                   check_metadata=False)
+    starts = set(zip(df.start, df.source_pretrain.fillna(-1), df.target_pretrain))
+    assert starts == {("fgmt", 0.1, 1.0), ("fgmt", 0.1, 0.1), ("standard", -1, 1.0), ("standard", -1, 0.1)}
+    assert len(df) == 4 * 3 and set(df.epoch) == {0, 1, 2} and set(df.scenario) == {"pretrained"}
+    assert df[["val_acc", "test_acc"]].stack().between(0, 100).all()
+    # the standard starts are the plain pre-trained bodies: the same head, different bodies
+    first = df[(df.start == "standard") & (df.epoch == 0)].set_index("target_pretrain").test_acc
+    assert first.notna().all() and (tmp_path / "pretrained_w32_generalisation.png").stat().st_size > 10_000
+
+
+def test_width_study_smoke(tmp_path):
+    """experiments/width_study.py --smoke: one reproduce_mnist run per width; width.parquet holds each width's
+    first-layer movement and each method's final accuracy, with a figure and a summary."""
+    _script("width_study").main(["--smoke", "--out", str(tmp_path), "--cache", str(tmp_path / "cache")])
+    df = pd.read_parquet(tmp_path / "width.parquet")
+    assert set(df.width) == {16, 64} and set(df.method) == {"naive", "fgmt", "oracle"}
+    ratio = df.groupby("width").first_layer_ratio.agg(["min", "max"])
+    assert (ratio["min"] > 0).all() and (ratio["min"] == ratio["max"]).all()   # one source per width and lr
+    assert df.final_val_acc.between(0, 100).all()
+    assert (tmp_path / "width.png").stat().st_size > 10_000 and "| 0.1 | 16 |" in (tmp_path / "summary.md").read_text()
+
+
 def test_subsequent_training_smoke(tmp_path, cache):
     assert _smoke("subsequent_training", tmp_path, cache) == 0
     df = _read(tmp_path / "random_w32_subsequent.parquet", SUBSEQUENT_SCHEMA)
@@ -149,6 +190,13 @@ def test_mode_connectivity_smoke(tmp_path, cache):
     planes = _read(tmp_path / "random_w32_plane.parquet", PLANE_SCHEMA)
     assert sorted(planes.point.dropna()) == ["fgmt", "oracle", "trained"] and planes.point.isna().sum() == 49
     assert (tmp_path / "random_w32_plane.png").exists() and (tmp_path / "random_w32_paths.png").exists()
+    # experiments/summarise.py's table recomputes the barriers from the path rows: the same loss barrier
+    from ltray.analysis.summaries import summary_markdown
+
+    table = summary_markdown(tmp_path)
+    assert "| a | method | loss barrier | relative | accuracy barrier |" in table
+    fgmt = paths[(paths.case == "trained") & (paths.method == "fgmt")].barrier.iloc[0]
+    assert f"| trained | fgmt | {fgmt:.3f} |" in table
 
 
 def test_ablations_smoke(tmp_path, cache):

@@ -220,6 +220,35 @@ def subsequent_figure(rows) -> Figure:
     return fig
 
 
+def generalisation_figure(rows) -> Figure:
+    """Test accuracy per epoch of training from a transferred start and from the plain pre-trained start, for a
+    target pre-trained on all the data and on the source's share (paper v2 Fig. 8); right: from epoch 1 on."""
+    df = pd.DataFrame(rows)
+    share = float(df.source_pretrain.dropna().iloc[0])
+    pct = f"{100 * share:g}%"
+    df["series"] = [f"{s}|{t}" for s, t in zip(df.start, df.target_pretrain)]
+    names, colors = {}, {}
+    for key in df.series.unique():
+        start, target = key.split("|")
+        where = "full" if float(target) == 1.0 else pct
+        names[key] = f"Standard ({where})" if start == "standard" else f"{NAMES.get(start, start)} ({pct} → {where})"
+        colors[key] = COLORS.get(start) if where == "full" else ("tab:olive" if start == "standard" else "tab:brown")
+    order = sorted(names, key=lambda k: (k.split("|")[0] == "standard", -float(k.split("|")[1])))
+    fig, axes = figure(2, 1)
+    band(axes[0, 0], df, "epoch", "test_acc", "series", order=order, names=names, colors=colors, dodge=0.06)
+    band(axes[0, 1], df[df.epoch >= 1], "epoch", "test_acc", "series", order=order, names=names, colors=colors,
+         dodge=0.06)
+    for i, (ax, title) in enumerate(((axes[0, 0], "from the start (epoch 0)"), (axes[0, 1], "epochs ≥ 1"))):
+        ax.set_xlabel("epoch after the transfer (Adam)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        letter(ax, i, title)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{_title(df)}\nthe source's body pre-trained on {pct} of the pre-training images", fontsize=9)
+    bands_note(fig)
+    return fig
+
+
 def paths_figure(rows) -> Figure:
     """Loss and accuracy along the linear paths Source* -> transferred and Trained -> transferred (paper
     Fig. 6a/b), the two cases on shared y-axes; the loss on a log scale when one curve dwarfs the others; the

@@ -13,12 +13,14 @@ with the same `train` config, data order from s2.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..config import METHODS, DataConfig, FinetuneConfig, ModelConfig, TrainConfig, TransferConfig
+from ..core.functional import evaluate
 from ..core.symmetry import apply_permutation
 from ..core.trajectory import State, Trajectory, load_trajectory, save_trajectory
 from ..core.transfer import TransferResult, transfer
@@ -28,7 +30,7 @@ from ..models import has_batchnorm, state_of
 from ..results import config_hash, derive_seed, provenance
 from ..runs import check_trajectory, model_spec
 from ..runs import transfer_rows as rows_of
-from ..training import finetune, train
+from ..training import finetune, finetune_epochs, train
 from .landscape import Evaluator, linear_path, plane_surface
 from .pretrained import pretrained_init
 
@@ -225,6 +227,50 @@ def subsequent_training(scenario: Scenario, data: Data, run: PairRun, cfg: Finet
                               seed, progress, bn_samples=scenario.transfer.bn_samples if has_batchnorm(model) else 0,
                               optimizer=cfg.optimizer)
         rows += [dict(h, start=start, start_step=step, **common) for h in history]
+    return rows
+
+
+def with_pretrain_share(scenario: Scenario, data: Data, share: float) -> tuple[Scenario, Data]:
+    """The pre-trained scenario with bodies pre-trained on `share` of its pre-training images (the first of the
+    split's seeded order: DataConfig.max_train), and its data."""
+    if scenario.kind != "pretrained":
+        raise LtrayError("a pre-training share needs the pre-trained scenario")
+    if not 0 < share <= 1:
+        raise LtrayError(f"the pre-training share must be in (0, 1], got {share}")
+    n = max(1, round(share * len(data.pretrain.train)))
+    small = replace(scenario, pretrain_data=replace(scenario.pretrain_data, max_train=n))
+    return small, Data(data.task, small.pretrain_data.load())
+
+
+def generalisation(scenario: Scenario, data: Data, share: float, seed_source: int, seed_target: int,
+                   cfg: FinetuneConfig, run_id: str, method: str = "fgmt", cache: Path | None = None,
+                   device: str = "cpu", progress: bool = False) -> list[dict]:
+    """Paper v2 Fig. 8 at small scale: the fine-tuning trajectory of a body pre-trained on `share` of the
+    pre-training images is transferred with `method` onto a target body pre-trained on all of them, and onto
+    one pre-trained on the same share; each transferred theta2 (its best step by validation accuracy) and each
+    plain target ("standard") is then trained for cfg.epochs (Adam). Rows of GENERALISATION_SCHEMA: validation
+    and test accuracy per epoch (epoch 0 = the start); every start sees the same data order."""
+    small, data_small = with_pretrain_share(scenario, data, share)
+    source = trained(small, data_small, seed_source, cache, progress, device)
+    seed = derive_seed("generalisation", seed_source, seed_target)
+    rows = []
+    for target_scenario, target_data, target_share in ((scenario, data, 1.0), (small, data_small, share)):
+        target = trained(target_scenario, target_data, seed_target, cache, progress, device)
+        run = transfer_all(target_scenario, target_data, source, target, (method,), device, progress, cache)
+        model = scenario.model.build(data.task, seed_target).to(device)
+        bn = scenario.transfer.bn_samples if has_batchnorm(model) else 0
+        common = dict(target_scenario.columns(), seed_source=seed_source, seed_target=seed_target,
+                      target_pretrain=target_share, lr=cfg.lr, **provenance(run_id, device))
+        starts = {method: (run.results[method].best, run.results[method].best_step, share),
+                  "standard": (target.state(0, device), 0, None)}
+        for start, (state, step, source_share) in starts.items():
+            epochs = finetune_epochs(model, state, data.task.train, cfg, seed, progress, bn)
+            for epoch, at, seconds in chain([(0, state, 0.0)], epochs):
+                (val_loss, val_acc), (test_loss, test_acc) = (evaluate(model, at, data.task.val),
+                                                              evaluate(model, at, data.task.test))
+                rows.append(dict(common, start=start, source_pretrain=source_share, start_step=step, epoch=epoch,
+                                 val_acc=val_acc, val_loss=val_loss, test_acc=test_acc, test_loss=test_loss,
+                                 seconds=seconds))
     return rows
 
 

@@ -28,27 +28,37 @@ MNIST_FINETUNE = TrainConfig(epochs=10, lr=0.01, weight_decay=1e-4, cosine=True)
 
 
 def preset(kind: str, smoke: bool, data_root: str | None = None, width: int | None = None,
-           T: int | None = None, solver: str = "auto", lr: float | None = None) -> Scenario:
+           T: int | None = None, solver: str = "auto", lr: float | None = None, model: str = "mlp",
+           dataset: str = "mnist") -> Scenario:
     """The scenario of the full runs (MNIST 2-MLP, paper B.3) or of --smoke (digits, width 64, seconds).
-    `lr` replaces the learning rate of the source trajectory's training (the fine-tuning, if pre-trained)."""
+    `lr` replaces the learning rate of the source trajectory's training (the fine-tuning, if pre-trained);
+    `model` (mlp, conv8, conv8bn, resnet18) and `dataset` (mnist, or the bundled digits) change what the full runs train,
+    with the same recipe."""
+    from ..models import DEFAULT_WIDTH, MODELS
+
     if kind not in ("random", "pretrained"):
         raise LtrayError(f"unknown scenario {kind!r}; known: random, pretrained")
+    if model not in MODELS:
+        raise LtrayError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    if dataset not in ("mnist", "digits"):
+        raise LtrayError(f"the analyses run on mnist or digits, not {dataset!r}")
+    width = width or (64 if smoke and model == "mlp" else DEFAULT_WIDTH[model])
     if smoke:
-        name, root, model = "digits", None, ModelConfig("mlp", width or 64)
+        name, root, model_cfg = "digits", None, ModelConfig(model, width)
         source_train, finetune, pretrain, T = TrainConfig(epochs=5, lr=0.1), \
             TrainConfig(epochs=5, lr=0.05, cosine=True), TrainConfig(epochs=8, lr=0.1), T or 4
     else:
-        if data_root is None:
+        if data_root is None and dataset == "mnist":
             raise LtrayError("the MNIST runs need --data-root (the folder holding MNIST/raw)")
-        name, root, model = "mnist", data_root, ModelConfig("mlp", width or 4096)
+        name, root, model_cfg = dataset, (data_root if dataset == "mnist" else None), ModelConfig(model, width)
         source_train, finetune, pretrain, T = TrainConfig(epochs=10, lr=0.01), MNIST_FINETUNE, \
             TrainConfig(epochs=10, lr=0.01), T or 10
     transfer = TransferConfig(T=T, schedule="cosine", trajectory="linear", solver=solver)
     if lr is not None:
         source_train, finetune = replace(source_train, lr=lr), replace(finetune, lr=lr)
     if kind == "random":
-        return Scenario(DataConfig(name, root), model, source_train, transfer)
-    return Scenario(DataConfig(name, root, classes=TARGET_CLASSES), model, finetune, transfer,
+        return Scenario(DataConfig(name, root), model_cfg, source_train, transfer)
+    return Scenario(DataConfig(name, root, classes=TARGET_CLASSES), model_cfg, finetune, transfer,
                     DataConfig(name, root, classes=SOURCE_CLASSES), pretrain)
 
 
@@ -60,7 +70,10 @@ def parser(description: str, scenario: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="seed pairs (source k, target 1000+k); default 3, "
                    "smoke 2")
     p.add_argument("--data-root", default=None, help="folder holding MNIST/raw (full runs)")
-    p.add_argument("--width", type=int, default=None, help="hidden width (default 4096, smoke 64)")
+    p.add_argument("--width", type=int, default=None, help="hidden width (mlp: default 4096, smoke 64) or base "
+                   "channels (conv8, resnet18: default 64)")
+    p.add_argument("--model", default="mlp", help="mlp (default), conv8, conv8bn (Conv8 with BatchNorm) or resnet18")
+    p.add_argument("--dataset", default="mnist", help="mnist (default) or digits (bundled) for the full runs")
     p.add_argument("--T", type=int, default=None, help="trajectory length (default 10, smoke 4)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of the source training / fine-tuning "
                    "(default: the preset's); results get an _lr<lr> suffix")
@@ -87,7 +100,7 @@ class Experiment:
             raise LtrayError(f"--out {out} exists and is not a directory")
         self.args, self.name, self.out = args, name, out
         self.scenario = preset(getattr(args, "scenario", "random"), args.smoke, args.data_root, args.width,
-                               args.T, args.solver, args.lr)
+                               args.T, args.solver, args.lr, args.model, args.dataset)
         self.seeds = [(k, 1000 + k) for k in range(args.seeds or (2 if args.smoke else 3))]
         self.cache = Path(args.cache) if args.cache else None
         self.t0 = time.perf_counter()
@@ -95,9 +108,12 @@ class Experiment:
 
     @property
     def prefix(self) -> str:
-        """<scenario>_w<width>[_lr<lr>]: results of several widths / learning rates can sit side by side."""
+        """<scenario>[_<model>]_w<width>[_lr<lr>][_digits]: results of several models, widths, learning rates and
+        datasets can sit side by side (the 2-MLP on MNIST keeps the short names)."""
         lr = f"_lr{self.args.lr:g}" if self.args.lr is not None else ""
-        return f"{self.scenario.kind}_w{self.scenario.model.width}{lr}"
+        model = "" if self.scenario.model.name == "mlp" else f"_{self.scenario.model.name}"
+        data = "_digits" if self.args.dataset == "digits" and not self.args.smoke else ""
+        return f"{self.scenario.kind}{model}_w{self.scenario.model.width}{lr}{data}"
 
     def run_id(self, *extra) -> str:
         return run_id(self.scenario, self.name, *extra)
@@ -145,10 +161,13 @@ class Experiment:
         return parquet, final_png
 
 
-def main(body: Callable[[argparse.Namespace], None], description: str, name: str, scenario: bool = True,
+def main(body: Callable[[argparse.Namespace], None], description: str, name: str, scenario: bool | str = True,
          argv: list[str] | None = None) -> int:
-    """Run a script body; bad input is one line on stderr and exit status 2 (as in the `ltray` command)."""
-    args = parser(description, scenario).parse_args(argv)
+    """Run a script body; bad input is one line on stderr and exit status 2 (as in the `ltray` command).
+    `scenario`: True offers --scenario; False runs the random one; "pretrained" runs that one only."""
+    args = parser(description, scenario is True).parse_args(argv)
+    if isinstance(scenario, str):
+        args.scenario = scenario
     try:
         body(Experiment(args, name))
     except LtrayError as e:
