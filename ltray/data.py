@@ -12,7 +12,7 @@ import operator
 import os
 import pickle
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,19 @@ class _Raw:
     test_y: torch.Tensor | None
     num_classes: int
     scale: float  # maximum raw pixel value (255, or 16 for digits)
+
+
+def permute_pixels(bundle: DataBundle, seed: int = 0) -> DataBundle:
+    """The same images with their pixel positions shuffled by one seeded permutation (the same for every split
+    and channel): a task with the same labels whose spatial features a network pre-trained on the original
+    images cannot reuse (permuted MNIST)."""
+    h = bundle.image_size
+    perm = torch.randperm(h * h, generator=torch.Generator().manual_seed(seed))
+
+    def split(s: Split) -> Split:
+        return Split(s.x.flatten(2)[:, :, perm].reshape(s.x.shape).contiguous(), s.y)
+
+    return replace(bundle, train=split(bundle.train), val=split(bundle.val), test=split(bundle.test))
 
 
 def _one_line(exc: BaseException) -> str:

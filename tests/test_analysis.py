@@ -14,6 +14,7 @@ from ltray.analysis import scenarios as analysis
 from ltray.analysis.scenarios import pair_trajectories, subsequent_training, transfer_all
 from ltray.config import FinetuneConfig
 from ltray.analysis.script import preset
+from ltray.errors import LtrayError
 from ltray.models import build_model
 from ltray.config import ModelConfig
 from ltray.analysis.pretrained import fresh_head, head_keys, with_head
@@ -137,6 +138,22 @@ def test_transfer_curves_batchnorm_model_smoke(tmp_path, cache):
     oracle = df[(df.method == "oracle") & (df.t == 2)]
     assert (oracle.oracle_agreement == 1).all() and df.val_acc.between(0, 100).all()
     assert (tmp_path / "random_conv8bn_w4_transfer.png").exists()
+
+
+def test_permuted_task_starts_where_the_plain_one_does_and_is_cached_apart(pre, cache):
+    """--task-pixels permuted: the same pre-trained theta^0, a fine-tuning on other inputs, its own cache entry
+    and file names."""
+    from dataclasses import replace
+
+    scenario, data = pre
+    permuted = replace(scenario, task_pixels="permuted")
+    plain = analysis.trained(scenario, data, 0, cache)
+    moved = analysis.trained(permuted, analysis.load_data(permuted), 0, cache)
+    assert all(torch.equal(plain.state(0)[k], moved.state(0)[k]) for k in plain.state(0))
+    assert not torch.equal(plain.state(-1)["fc1.weight"], moved.state(-1)["fc1.weight"])
+    assert permuted.columns()["dataset"] == "digits-permuted"
+    with pytest.raises(LtrayError, match="pre-trained scenario"):
+        preset("random", smoke=True, task_pixels="permuted")
 
 
 def test_generalisation_smoke(tmp_path, cache):

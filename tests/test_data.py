@@ -296,3 +296,25 @@ def test_bad_arguments() -> None:
     assert "more than once" in one_line_error("digits", classes=[1, 2, 1])
     assert "val_fraction" in one_line_error("digits", val_fraction=1.0)
     assert "data_root" in one_line_error("mnist")
+
+
+def test_permute_pixels_moves_positions_not_values() -> None:
+    """One seeded permutation of pixel positions for every split: values and labels kept, seeds differ."""
+    from ltray.data import permute_pixels
+
+    b = load_dataset("digits")
+    p = permute_pixels(b, seed=3)
+    for s, q in ((b.train, p.train), (b.val, p.val), (b.test, p.test)):
+        assert torch.equal(s.y, q.y) and q.x.shape == s.x.shape
+        assert torch.equal(s.x.flatten(1).sort(1).values, q.x.flatten(1).sort(1).values)
+        assert not torch.equal(s.x, q.x)
+    # the same permutation everywhere: where train's first image went, every image went
+    one_hot = torch.eye(64).reshape(64, 1, 8, 8)
+    moved = permute_pixels(DataBundle("digits", Split(one_hot, torch.zeros(64, dtype=torch.long)),
+                                      Split(one_hot, torch.zeros(64, dtype=torch.long)),
+                                      Split(one_hot, torch.zeros(64, dtype=torch.long)), 10, 1, 8, None), seed=3)
+    order = moved.train.x.flatten(1).argmax(1)
+    assert sorted(order.tolist()) == list(range(64)) and torch.equal(moved.test.x, moved.train.x)
+    assert torch.equal(p.train.x.flatten(1)[:, order], b.train.x.flatten(1))
+    assert not torch.equal(permute_pixels(b, seed=4).train.x, p.train.x)
+    assert torch.equal(permute_pixels(b, seed=3).val.x, p.val.x)

@@ -24,7 +24,7 @@ from ..core.functional import evaluate
 from ..core.symmetry import apply_permutation
 from ..core.trajectory import State, Trajectory, load_trajectory, save_trajectory
 from ..core.transfer import TransferResult, transfer
-from ..data import DataBundle
+from ..data import DataBundle, permute_pixels
 from ..errors import LtrayError
 from ..models import has_batchnorm, state_of
 from ..results import config_hash, derive_seed, provenance
@@ -43,10 +43,13 @@ class Scenario:
     transfer: TransferConfig
     pretrain_data: DataConfig | None = None   # both set: the pre-trained scenario
     pretrain: TrainConfig | None = None
+    task_pixels: str | None = None            # "permuted": the task's pixel positions shuffled (permute_pixels)
 
     def __post_init__(self):
         if (self.pretrain_data is None) != (self.pretrain is None):
             raise LtrayError("a pre-trained scenario needs both pretrain_data and pretrain")
+        if self.task_pixels not in (None, "permuted"):
+            raise LtrayError(f"task pixels {self.task_pixels!r}: only 'permuted' is known")
 
     @property
     def kind(self) -> str:
@@ -59,7 +62,8 @@ class Scenario:
         """The scenario columns of every results row (ltray.results._SCENARIO), seeds excepted."""
         def classes(cfg):
             return ",".join(map(str, cfg.classes)) if cfg is not None and cfg.classes else None
-        return {"scenario": self.kind, "dataset": self.data.name, "classes": classes(self.data),
+        dataset = self.data.name + (f"-{self.task_pixels}" if self.task_pixels else "")
+        return {"scenario": self.kind, "dataset": dataset, "classes": classes(self.data),
                 "pretrain_dataset": self.pretrain_data.name if self.pretrain_data else None,
                 "pretrain_classes": classes(self.pretrain_data), "model": self.model.name,
                 "width": int(self.model.width) if self.model.width else None, "source_lr": self.train.lr}
@@ -72,7 +76,10 @@ class Data:
 
 
 def load_data(scenario: Scenario) -> Data:
-    return Data(scenario.data.load(), scenario.pretrain_data.load() if scenario.pretrain_data else None)
+    task = scenario.data.load()
+    if scenario.task_pixels == "permuted":
+        task = permute_pixels(task)
+    return Data(task, scenario.pretrain_data.load() if scenario.pretrain_data else None)
 
 
 def cached(cache: Path | None, key: tuple, make: Callable[[], Trajectory]) -> Trajectory:
@@ -109,7 +116,7 @@ def trained(scenario: Scenario, data: Data, seed: int, cache: Path | None = None
                          depth=scenario.model.depth, dataset=scenario.data.name)
         return traj
     key = ("train", scenario.kind, scenario.data, scenario.model, scenario.train, scenario.pretrain_data,
-           scenario.pretrain, seed)
+           scenario.pretrain, seed) + ((scenario.task_pixels,) if scenario.task_pixels else ())
     return cached(cache, key, make)
 
 

@@ -29,7 +29,7 @@ MNIST_FINETUNE = TrainConfig(epochs=10, lr=0.01, weight_decay=1e-4, cosine=True)
 
 def preset(kind: str, smoke: bool, data_root: str | None = None, width: int | None = None,
            T: int | None = None, solver: str = "auto", lr: float | None = None, model: str = "mlp",
-           dataset: str = "mnist") -> Scenario:
+           dataset: str = "mnist", task_pixels: str | None = None) -> Scenario:
     """The scenario of the full runs (MNIST 2-MLP, paper B.3) or of --smoke (digits, width 64, seconds).
     `lr` replaces the learning rate of the source trajectory's training (the fine-tuning, if pre-trained);
     `model` (mlp, conv8, conv8bn, resnet18) and `dataset` (mnist, or the bundled digits) change what the full runs train,
@@ -57,9 +57,11 @@ def preset(kind: str, smoke: bool, data_root: str | None = None, width: int | No
     if lr is not None:
         source_train, finetune = replace(source_train, lr=lr), replace(finetune, lr=lr)
     if kind == "random":
+        if task_pixels:
+            raise LtrayError("--task-pixels applies to the pre-trained scenario (the task differs from the pre-training)")
         return Scenario(DataConfig(name, root), model_cfg, source_train, transfer)
     return Scenario(DataConfig(name, root, classes=TARGET_CLASSES), model_cfg, finetune, transfer,
-                    DataConfig(name, root, classes=SOURCE_CLASSES), pretrain)
+                    DataConfig(name, root, classes=SOURCE_CLASSES), pretrain, task_pixels)
 
 
 def parser(description: str, scenario: bool = True) -> argparse.ArgumentParser:
@@ -74,6 +76,8 @@ def parser(description: str, scenario: bool = True) -> argparse.ArgumentParser:
                    "channels (conv8, resnet18: default 64)")
     p.add_argument("--model", default="mlp", help="mlp (default), conv8, conv8bn (Conv8 with BatchNorm) or resnet18")
     p.add_argument("--dataset", default="mnist", help="mnist (default) or digits (bundled) for the full runs")
+    p.add_argument("--task-pixels", default=None, help="pre-trained scenario: 'permuted' shuffles the pixel positions "
+                   "of the fine-tuning task's images (one seeded permutation), a task far from the pre-training")
     p.add_argument("--T", type=int, default=None, help="trajectory length (default 10, smoke 4)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of the source training / fine-tuning "
                    "(default: the preset's); results get an _lr<lr> suffix")
@@ -100,7 +104,7 @@ class Experiment:
             raise LtrayError(f"--out {out} exists and is not a directory")
         self.args, self.name, self.out = args, name, out
         self.scenario = preset(getattr(args, "scenario", "random"), args.smoke, args.data_root, args.width,
-                               args.T, args.solver, args.lr, args.model, args.dataset)
+                               args.T, args.solver, args.lr, args.model, args.dataset, args.task_pixels)
         self.seeds = [(k, 1000 + k) for k in range(args.seeds or (2 if args.smoke else 3))]
         self.cache = Path(args.cache) if args.cache else None
         self.t0 = time.perf_counter()
@@ -113,7 +117,8 @@ class Experiment:
         lr = f"_lr{self.args.lr:g}" if self.args.lr is not None else ""
         model = "" if self.scenario.model.name == "mlp" else f"_{self.scenario.model.name}"
         data = "_digits" if self.args.dataset == "digits" and not self.args.smoke else ""
-        return f"{self.scenario.kind}{model}_w{self.scenario.model.width}{lr}{data}"
+        pixels = f"_{self.scenario.task_pixels}" if self.scenario.task_pixels else ""
+        return f"{self.scenario.kind}{pixels}{model}_w{self.scenario.model.width}{lr}{data}"
 
     def run_id(self, *extra) -> str:
         return run_id(self.scenario, self.name, *extra)
