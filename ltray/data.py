@@ -1,6 +1,6 @@
 """Datasets as pre-loaded, normalised tensors, with deterministic train/val/test splits.
 
-Every dataset is decoded once into a uint8 (N, C, H, W) tensor; splits, class subsets and the
+Every dataset is decoded once (ltray.readers) into a uint8 (N, C, H, W) tensor; splits, class subsets and the
 ``max_train`` cap are computed on index tensors and the pixels are gathered and normalised once
 at the end.  Training loops then slice tensors (``batches``) instead of running a per-item PIL
 pipeline, which is several times faster for the small models trajectory transfer uses.
@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import operator
 import os
-import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ltray.errors import LtrayError
+from ltray.readers import data_root_of, load_cifar, load_digits, load_imagefolder, load_mnist_like
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 
@@ -57,18 +55,6 @@ class DataBundle:
     classes: tuple[int, ...] | None  # original label ids kept, when a subset was asked for
 
 
-@dataclass
-class _Raw:
-    """One dataset as decoded from disk, before any splitting."""
-
-    train_x: torch.Tensor  # uint8 (N, C, H, W)
-    train_y: torch.Tensor  # int64 (N,)
-    test_x: torch.Tensor | None  # None: no official test split, hold one out of train
-    test_y: torch.Tensor | None
-    num_classes: int
-    scale: float  # maximum raw pixel value (255, or 16 for digits)
-
-
 def permute_pixels(bundle: DataBundle, seed: int = 0) -> DataBundle:
     """The same images with their pixel positions shuffled by one seeded permutation (the same for every split
     and channel): a task with the same labels whose spatial features a network pre-trained on the original
@@ -80,191 +66,6 @@ def permute_pixels(bundle: DataBundle, seed: int = 0) -> DataBundle:
         return Split(s.x.flatten(2)[:, :, perm].reshape(s.x.shape).contiguous(), s.y)
 
     return replace(bundle, train=split(bundle.train), val=split(bundle.val), test=split(bundle.test))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _missing(name: str, path: Path, what: str) -> LtrayError:
-    return LtrayError(
-        f"{name}: no dataset files at {path} ({what}); pass --download (download=True) "
-        f"to fetch torchvision datasets"
-    )
-
-
-def _root(name: str, data_root: str | os.PathLike | None) -> Path:
-    if data_root is None:
-        raise LtrayError(f"{name}: needs a data_root (the directory holding the dataset files)")
-    return Path(data_root).expanduser()
-
-
-def _load_digits() -> _Raw:
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: no files, no network
-
-    d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.uint8)).unsqueeze(1)  # values 0..16
-    return _Raw(x, torch.from_numpy(d.target.astype(np.int64)), None, None, 10, 16.0)
-
-
-_IDX = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}   # torchvision's folder under the data_root
-
-
-def _read_idx(name: str, path: Path, magic: int, tail: tuple[int, ...]) -> torch.Tensor:
-    """One uint8 idx file (LeCun's format: big-endian magic, then the dimensions, then the bytes), checked
-    against the magic and the trailing shape `tail` torchvision's MNIST files have."""
-    try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise LtrayError(f"{name}: cannot read {path}: {_one_line(exc)}") from exc
-    ndim = 1 + len(tail)
-    head = raw[: 4 * (ndim + 1)].view(">u4") if raw.size >= 4 * (ndim + 1) else np.zeros(0, ">u4")
-    if head.size != ndim + 1 or int(head[0]) != magic or tuple(int(d) for d in head[2:]) != tail \
-            or raw.size != 4 * (ndim + 1) + int(np.prod(head[1:], dtype=np.int64)):
-        raise LtrayError(f"{name}: {path} is not an idx file of shape (n, {', '.join(map(str, tail))})"
-                         if tail else f"{name}: {path} is not an idx label file")
-    return torch.from_numpy(raw[4 * (ndim + 1):].copy()).reshape(int(head[1]), *tail)
-
-
-def _load_mnist_like(name: str, root: Path, download: bool) -> _Raw:
-    """torchvision's layout (<root>/MNIST/raw/*-ubyte), read here: torchvision is imported only to download."""
-    raw = root / _IDX[name] / "raw"
-    files = [raw / f"{split}-{kind}" for split in ("train", "t10k") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
-    if download and not all(f.is_file() for f in files):
-        from torchvision import datasets
-
-        cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-        try:
-            for train in (True, False):
-                cls(str(root), train=train, download=True)
-        except (OSError, RuntimeError) as exc:
-            raise LtrayError(f"{name}: download into {root} failed: {_one_line(exc)}") from exc
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise _missing(name, raw, f"missing {', '.join(missing)}")
-    parts = []
-    for images, labels in (files[:2], files[2:]):
-        x, y = _read_idx(name, images, 2051, (28, 28)), _read_idx(name, labels, 2049, ())
-        if len(x) != len(y):
-            raise LtrayError(f"{name}: {images.name} holds {len(x)} images but {labels.name} {len(y)} labels")
-        parts += [x.unsqueeze(1), y.long()]
-    return _Raw(*parts, num_classes=10, scale=255.0)
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches (a dict of lists, bytes and numpy arrays) and nothing else.
-
-    A pickle can name any importable callable; a data_root may come from anywhere, so only the
-    globals that numpy array and bytes pickles (Python 2 and 3) need are resolved.
-    """
-
-    _ALLOWED = {
-        ("_codecs", "encode"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-    }
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-        return super().find_class(module, name)
-
-
-# folder, train files, test files, label key, number of classes
-_CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
-}
-
-
-def _read_cifar_batches(name: str, paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = [], []
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                # latin1 decodes Python-2 str keys and keeps numpy's byte buffers intact.
-                entry = _ArrayUnpickler(f, encoding="latin1").load()
-            entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
-            data = np.asarray(entry["data"], dtype=np.uint8)
-            labels = np.asarray(entry[label_key], dtype=np.int64)
-        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, KeyError, TypeError,
-                ValueError) as exc:
-            raise LtrayError(f"{name}: cannot read {path}: {_one_line(exc)}") from exc
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
-            raise LtrayError(
-                f"{name}: {path} has data {data.shape} and labels {labels.shape}, expected (n, 3072), (n,)"
-            )
-        xs.append(data)
-        ys.append(labels)
-    # Rows are stored channel-planar (R plane, G plane, B plane), i.e. already CHW.
-    x = torch.from_numpy(np.concatenate(xs).reshape(-1, 3, 32, 32))
-    return x, torch.from_numpy(np.concatenate(ys))
-
-
-def _load_cifar(name: str, root: Path, download: bool) -> _Raw:
-    folder, train_files, test_files, label_key, num_classes = _CIFAR[name]
-    base = root / folder
-    if download and not all((base / f).is_file() for f in train_files + test_files):
-        # torchvision downloads, verifies the archive's MD5 and extracts; its loader also insists on
-        # the official files' MD5s, so reading is done below, by one reader for every copy.
-        from torchvision import datasets
-
-        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-        try:
-            cls(str(root), train=False, download=True)
-        except (OSError, RuntimeError) as exc:
-            raise LtrayError(f"{name}: download into {root} failed: {_one_line(exc)}") from exc
-    missing = [f for f in train_files + test_files if not (base / f).is_file()]
-    if missing:
-        raise _missing(name, base, f"missing {', '.join(missing)}")
-    train_x, train_y = _read_cifar_batches(name, [base / f for f in train_files], label_key)
-    test_x, test_y = _read_cifar_batches(name, [base / f for f in test_files], label_key)
-    return _Raw(train_x, train_y, test_x, test_y, num_classes, 255.0)
-
-
-def _read_images(
-    name: str, folder: Path, class_names: list[str], size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image
-    from torchvision import datasets
-    from torchvision.transforms import functional as TF
-
-    try:
-        # Only to list files (torchvision's extension rules and class order); images are decoded below.
-        found = datasets.ImageFolder(str(folder), loader=lambda p: p)
-    except (FileNotFoundError, OSError) as exc:
-        raise LtrayError(f"{name}: no images under {folder}: {_one_line(exc)}") from exc
-    unknown = sorted(set(found.classes) - set(class_names))
-    if unknown:
-        raise LtrayError(f"{name}: {folder} has classes not in train/: {', '.join(unknown)}")
-    index = {c: i for i, c in enumerate(class_names)}  # train's order, even where test/ lacks a class
-    images, labels = [], []
-    for path, label in found.samples:
-        try:
-            with Image.open(path) as img:
-                img = TF.center_crop(TF.resize(img.convert("RGB"), size), size)
-                images.append(TF.pil_to_tensor(img))
-        except OSError as exc:
-            raise LtrayError(f"{name}: cannot read image {path}: {_one_line(exc)}") from exc
-        labels.append(index[found.classes[label]])
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
-
-
-def _load_imagefolder(name: str, root: Path, size: int) -> _Raw:
-    train_dir, test_dir = root / "train", root / "test"
-    if not train_dir.is_dir():
-        raise LtrayError(f"{name}: expected {train_dir}/<class>/<image> files; {train_dir} is not a directory")
-    class_names = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
-    train_x, train_y = _read_images(name, train_dir, class_names, size)
-    test_x = test_y = None
-    if test_dir.is_dir():
-        test_x, test_y = _read_images(name, test_dir, class_names, size)
-    return _Raw(train_x, train_y, test_x, test_y, len(class_names), 255.0)
 
 
 def _check_classes(classes: Sequence[int], num_classes: int, name: str) -> list[int]:
@@ -310,13 +111,13 @@ def load_dataset(
         raise LtrayError(f"max_train must be positive, got {max_train}")
 
     if key == "digits":
-        raw = _load_digits()
+        raw = load_digits()
     elif key in ("mnist", "fashion-mnist"):
-        raw = _load_mnist_like(key, _root(key, data_root), download)
-    elif key in _CIFAR:
-        raw = _load_cifar(key, _root(key, data_root), download)
+        raw = load_mnist_like(key, data_root_of(key, data_root), download)
+    elif key in ("cifar10", "cifar100"):
+        raw = load_cifar(key, data_root_of(key, data_root), download)
     else:
-        raw = _load_imagefolder(key, _root(key, data_root), image_size or 64)
+        raw = load_imagefolder(key, data_root_of(key, data_root), image_size or 64)
     if raw.train_y.numel() and not 0 <= int(raw.train_y.min()) <= int(raw.train_y.max()) < raw.num_classes:
         raise LtrayError(f"{key}: labels outside 0..{raw.num_classes - 1} in the training files")
 
