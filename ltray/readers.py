@@ -74,7 +74,8 @@ def _read_idx(name: str, path: Path, magic: int, tail: tuple[int, ...]) -> torch
 def load_mnist_like(name: str, root: Path, download: bool) -> Raw:
     """torchvision's layout (<root>/MNIST/raw/*-ubyte), read here: torchvision is imported only to download."""
     raw = root / _IDX[name] / "raw"
-    files = [raw / f"{split}-{kind}" for split in ("train", "t10k") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+    files = [raw / f"{split}-{kind}" for split in ("train", "t10k")
+             for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
     if download and not all(f.is_file() for f in files):
         from torchvision import datasets
 

@@ -13,8 +13,8 @@ with the same `train` config, data order from s2.
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import chain
 from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
 
 import torch

@@ -32,8 +32,8 @@ def preset(kind: str, smoke: bool, data_root: str | None = None, width: int | No
            dataset: str = "mnist", task_pixels: str | None = None) -> Scenario:
     """The scenario of the full runs (MNIST 2-MLP, paper B.3) or of --smoke (digits, width 64, seconds).
     `lr` replaces the learning rate of the source trajectory's training (the fine-tuning, if pre-trained);
-    `model` (mlp, conv8, conv8bn, resnet18) and `dataset` (mnist, or the bundled digits) change what the full runs train,
-    with the same recipe."""
+    `model` (mlp, conv8, conv8bn, resnet18) and `dataset` (mnist, or the bundled digits) change what the full
+    runs train, with the same recipe; `task_pixels` ("permuted") the pre-trained scenario's task."""
     from ..models import DEFAULT_WIDTH, MODELS
 
     if kind not in ("random", "pretrained"):
@@ -58,7 +58,8 @@ def preset(kind: str, smoke: bool, data_root: str | None = None, width: int | No
         source_train, finetune = replace(source_train, lr=lr), replace(finetune, lr=lr)
     if kind == "random":
         if task_pixels:
-            raise LtrayError("--task-pixels applies to the pre-trained scenario (the task differs from the pre-training)")
+            raise LtrayError("--task-pixels applies to the pre-trained scenario (whose task differs from its "
+                             "pre-training)")
         return Scenario(DataConfig(name, root), model_cfg, source_train, transfer)
     return Scenario(DataConfig(name, root, classes=TARGET_CLASSES), model_cfg, finetune, transfer,
                     DataConfig(name, root, classes=SOURCE_CLASSES), pretrain, task_pixels)

@@ -38,7 +38,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and source training (defaults: the dataset's paper preset)")
-    g.add_argument("--model", default=None, help="mlp, conv8, conv8bn (with BatchNorm), resnet18, torchvision:NAME (e.g. torchvision:resnet34; "
+    g.add_argument("--model", default=None, help="mlp, conv8, conv8bn (with BatchNorm), resnet18, torchvision:NAME "
+                   "(e.g. torchvision:resnet34; "
                    "random weights, its stem made for the data's channels) or package.module:factory (your own); "
                    "other models than ltray's get a permutation spec traced and verified by ltray.core.autospec")
     g.add_argument("--width", type=positive_int, default=None, help="hidden width (mlp) / base channels (conv8)")
