@@ -415,21 +415,12 @@ def part_latency(args) -> dict:
 def part_conv8(args) -> dict:
     """One FGMT transfer of Conv8 on CIFAR-shaped synthetic data (bench_step's), on --device, --repeats times
     (the first includes loading kernels); the source is theta^0 -> theta^0 + noise, nothing is trained."""
-    import numpy as np
-
-    from bench_step import synthetic_cifar  # this script's folder is on sys.path
-    from ltray import build_model, spec_for, transfer
-    from ltray.core.trajectory import Layout
+    from bench_step import synthetic_cifar, synthetic_source  # this script's folder is on sys.path
+    from ltray import spec_for, transfer
 
     batch = PRESETS["cifar10"].get("batch_size", 256)
     data = synthetic_cifar(max(batch * args.T, 2560), args.val)
-    model = build_model("conv8", 10, 3, 32, args.width, seed=0).to(args.device)
-    theta = state_of(model)
-    layout = Layout.of(theta)
-    first = layout.flatten(theta)
-    noise = np.random.default_rng(0).standard_normal(first.shape).astype(np.float32)
-    source = Trajectory(layout, np.stack([first, first + 0.02 * noise * np.abs(first).mean()]), {"seed": 0})
-    target = {k: v.to(args.device) for k, v in state_of(build_model("conv8", 10, 3, 32, args.width, 1)).items()}
+    model, layout, source, target = synthetic_source("conv8", args.width, args.device)
     cfg = TransferConfig(T=args.T, batch_size=batch, solver=args.solver)
     base = dict(part="conv8", device=args.device, width=args.width, T=args.T, B=batch, val=args.val,
                 params=layout.size, solver=args.solver)

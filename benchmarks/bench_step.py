@@ -31,6 +31,25 @@ def synthetic_cifar(n_train: int, n_val: int, seed: int = 0):
     return DataBundle("cifar-shaped", split(n_train), split(n_val), split(n_val), 10, 3, 32, None)
 
 
+def synthetic_source(model_name: str, width: int, device: str):
+    """(model, its spec's layout, a source theta^0 -> theta^0 + noise, a fresh target theta2^0 on `device`):
+    nothing is trained; 3-channel 32x32 inputs, 10 classes."""
+    import numpy as np
+
+    from ltray import build_model
+    from ltray.core.trajectory import Layout, Trajectory
+    from ltray.models import state_of
+
+    model = build_model(model_name, 10, 3, 32, width, seed=0).to(device)
+    theta1 = state_of(model)
+    layout = Layout.of(theta1)
+    first = layout.flatten(theta1)
+    noise = np.random.default_rng(0).standard_normal(first.shape).astype(np.float32)
+    source = Trajectory(layout, np.stack([first, first + 0.02 * noise * np.abs(first).mean()]), {"seed": 0})
+    target = {k: v.to(device) for k, v in state_of(build_model(model_name, 10, 3, 32, width, 1)).items()}
+    return model, layout, source, target
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -41,21 +60,11 @@ def main(argv=None) -> dict:
     p.add_argument("--solver", default="auto")
     p.add_argument("--out", help="append the record as one JSON line to this file")
     args = p.parse_args(argv)
-    import numpy as np
-
-    from ltray import build_model, spec_for, transfer
+    from ltray import spec_for, transfer
     from ltray.config import TransferConfig
-    from ltray.core.trajectory import Layout, Trajectory
-    from ltray.models import state_of
 
     data = synthetic_cifar(max(args.batch_size * args.T, 2560), args.val)
-    model = build_model("resnet18", 10, 3, 32, args.width, seed=0).to(args.device)
-    theta1 = state_of(model)
-    layout = Layout.of(theta1)
-    first = layout.flatten(theta1)
-    noise = np.random.default_rng(0).standard_normal(first.shape).astype(np.float32)
-    source = Trajectory(layout, np.stack([first, first + 0.02 * noise * np.abs(first).mean()]), {"seed": 0})
-    target = {k: v.to(args.device) for k, v in state_of(build_model("resnet18", 10, 3, 32, args.width, 1)).items()}
+    model, layout, source, target = synthetic_source("resnet18", args.width, args.device)
     cfg = TransferConfig(T=args.T, batch_size=args.batch_size, loader_batch_size=128, bn_samples=256,
                          solver=args.solver)
     t0 = time.perf_counter()
