@@ -12,9 +12,10 @@ import pandas as pd
 import psutil
 import pytest
 
-# a run long enough to be interrupted: repeated digits ensembles, every unit a Ray task
-LONG = [sys.executable, "-m", "ltray.ensemble", "--width", "64", "--epochs", "30", "--repeats", "20", "--members", "2",
-        "--finetune-epochs", "0,5", "--num-cpus", "2", "--no-progress", "--no-plot"]
+# a run long enough to be interrupted: repeated digits ensembles, every unit a Ray task. --ray forces Ray: left to
+# itself the ensemble runs a job this small in its own process (13 s on a fast machine) and never starts Ray.
+LONG = [sys.executable, "-m", "ltray.ensemble", "--ray", "--width", "64", "--epochs", "30", "--repeats", "20",
+        "--members", "2", "--finetune-epochs", "0,5", "--num-cpus", "2", "--no-progress", "--no-plot"]
 
 
 def _ray_started(driver: subprocess.Popen, timeout: float = 90.0) -> list[psutil.Process]:
@@ -39,6 +40,7 @@ def _left_behind(tree: list[psutil.Process], timeout: float = 20.0) -> list[str]
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT", "SIGTERM"])
 def test_a_stopped_driver_leaves_no_process_behind(tmp_path, how):
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    before = set(psutil.pids())
     driver = subprocess.Popen([*LONG, "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env)
     try:
@@ -47,20 +49,39 @@ def test_a_stopped_driver_leaves_no_process_behind(tmp_path, how):
         _, err = driver.communicate(timeout=60)
         if how != "SIGKILL":        # unwound: the one line, and the exit status of an interrupted command
             assert driver.returncode == 130 and "ltray ensemble: interrupted" in err, err[-2000:]
+        else:
+            assert driver.returncode == -signal.SIGKILL
+        assert not (tmp_path / "run" / "ensemble.parquet").exists()      # stopped mid-run, not after it
         assert not _left_behind(tree)
+        assert not _ray_left_since(before)         # nor any Ray process started after the tree was taken
     finally:
         if driver.poll() is None:
             driver.kill()
 
 
+def _is_ray(name: str, cmdline: list[str]) -> bool:
+    """Ray's binaries, its workers (titled ray::...) and the Python scripts of its package (agents, monitors);
+    not any command that merely mentions "ray" (ltray, /tmp/ltray-heavy.lock)."""
+    return name in ("raylet", "gcs_server") or name.startswith("ray::") \
+        or any(f"{os.sep}ray{os.sep}" in c for c in cmdline[:3])
+
+
 def _new_ray_processes(before: set[int]) -> list[str]:
-    """Ray's processes (its binaries and scripts) started since `before` that are not this process's own."""
+    """Ray's processes started since `before` that are not this process's own."""
     own = {p.pid for p in psutil.Process().children(recursive=True)}
     found = []
     for p in psutil.process_iter(["pid", "name", "cmdline", "status"]):
         if p.pid not in before and p.pid not in own and p.info["status"] != psutil.STATUS_ZOMBIE \
-                and any("ray" in c for c in (p.info["cmdline"] or [])[:2]):
+                and _is_ray(p.info["name"] or "", p.info["cmdline"] or []):
             found.append(f"{p.pid} {p.info['name']}")
+    return found
+
+
+def _ray_left_since(before: set[int], timeout: float = 20.0) -> list[str]:
+    """Ray processes started since `before` still there after `timeout` seconds (polled: gone is gone)."""
+    deadline = time.time() + timeout
+    while (found := _new_ray_processes(before)) and time.time() < deadline:
+        time.sleep(0.5)
     return found
 
 
@@ -78,10 +99,7 @@ def test_a_driver_stopped_while_its_ray_starts_leaves_no_process_behind(tmp_path
             time.sleep(0.05)
         driver.send_signal(signal.SIGTERM)
         driver.wait(timeout=60)
-        deadline = time.time() + 20
-        while _new_ray_processes(before) and time.time() < deadline:
-            time.sleep(0.5)
-        assert not _new_ray_processes(before)
+        assert not _ray_left_since(before)
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -144,24 +162,63 @@ def test_a_worker_killed_mid_fan_out_costs_no_row_and_doubles_none(ray_session, 
                                    clean.sort_values(key).val_acc.reset_index(drop=True), atol=1e-4)
 
 
+# `python -m ltray.ensemble`, held still once it has saved HOLD_AFTER units (the held process is what the test
+# kills): the kill lands between units on every machine, however fast, with Ray tasks in flight on the Ray path.
+HELD = """
+import os, sys, time
+from pathlib import Path
+from ltray.cli import main
+from ltray.distributed import ensemble
+
+finished, saved = ensemble._Units.finished, []
+
+def finished_then_held(self, u, members, seconds):
+    finished(self, u, members, seconds)
+    saved.append(u)
+    if len(saved) == int(os.environ["HOLD_AFTER"]):
+        Path(os.environ["HOLD_MARKER"]).write_text(str(len(self.todo)))
+        time.sleep(600)
+
+ensemble._Units.finished = finished_then_held
+sys.exit(main(prog="python -m ltray.ensemble", command="ensemble"))
+"""
+
+
 def test_an_ensemble_killed_outright_and_rerun_matches_an_uninterrupted_run(tmp_path):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    small = [sys.executable, "-m", "ltray.ensemble", "--width", "32", "--epochs", "4", "--T", "3", "--members", "2",
-             "--repeats", "3", "--finetune-epochs", "0,1", "--num-cpus", "2", "--no-progress", "--no-plot"]
-    driver = subprocess.Popen([*small, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while len(list((tmp_path / "killed" / "members").glob("*.safetensors"))) < 3:
-        assert time.time() < deadline and driver.poll() is None, "no unit finished"
-        time.sleep(0.2)
-    driver.kill()
-    driver.communicate(timeout=60)
-    for out in ("killed", "clean"):       # the rerun continues; the clean run goes from scratch
-        done = subprocess.run([*small, "--out", str(tmp_path / out)], env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+    """Killed after 3 units, once with every unit in the driver and once with every unit a Ray task: the rerun
+    runs only the units not saved, and both end with the numbers of one uninterrupted run."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", HOLD_AFTER="3")
+    small = ["--width", "32", "--epochs", "4", "--T", "3", "--members", "2", "--repeats", "2",
+             "--finetune-epochs", "0,1", "--num-cpus", "2", "--no-progress", "--no-plot"]
+    ensemble = [sys.executable, "-m", "ltray.ensemble", *small]
     numbers = ["repeat", "kind", "method", "size", "epochs", "seeds", "test_acc", "test_nll", "test_ece",
                "disagreement"]
-    killed, clean = (pd.read_parquet(tmp_path / d / "ensemble.parquet")[numbers] for d in ("killed", "clean"))
-    pd.testing.assert_frame_equal(killed, clean)
-    assert not list((tmp_path / "killed" / "members").glob(".*.tmp"))   # no half-written unit left
+    done = subprocess.run([*ensemble, "--out", str(tmp_path / "clean")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    clean = pd.read_parquet(tmp_path / "clean" / "ensemble.parquet")[numbers]
+    units = int(done.stdout.split("ran ")[1].split(" units")[0])
+    for where in ("--no-ray", "--ray"):
+        out, marker = tmp_path / where.strip("-"), tmp_path / f"{where.strip('-')}.held"
+        before = set(psutil.pids())
+        driver = subprocess.Popen([sys.executable, "-c", HELD, *small, where, "--out", str(out)],
+                                  env=dict(env, HOLD_MARKER=str(marker)), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 240
+            while not marker.exists():
+                assert driver.poll() is None, driver.communicate()[1][-2000:]
+                assert time.time() < deadline, "no 3 units saved"
+                time.sleep(0.2)
+        finally:
+            driver.kill()
+            driver.communicate(timeout=60)
+        assert int(marker.read_text()) == units - 3 and not (out / "ensemble.parquet").exists()
+        assert len(list((out / "members").glob("*.safetensors"))) == 3
+        assert not _ray_left_since(before)             # the Ray path's raylet and workers went with the driver
+        done = subprocess.run([*ensemble, where, "--out", str(out)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"3 of {units} units already in {out / 'members'}; running {units - 3}" in done.stdout
+        pd.testing.assert_frame_equal(pd.read_parquet(out / "ensemble.parquet")[numbers], clean)
+        assert not list((out / "members").glob(".*.tmp"))      # no half-written unit left
