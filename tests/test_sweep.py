@@ -8,6 +8,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 from ltray.cli import main
 from ltray.distributed.sweep import SearchSpace, run_id
@@ -75,10 +76,28 @@ def test_a_small_sweep_writes_one_row_per_trial(ray_session, tmp_path, capsys):
     assert {"T", "batch_size", "schedule", "method", "finetune_lr", "finetuned_val_acc"} <= set(df.columns)
     assert set(df["T"]) <= {2, 3} and set(df.batch_size) <= {32, 64} and set(df.method) == {"fgmt"}
     assert (df.objective == "finetuned_val_acc").all() and (df.objective_value == df.finetuned_val_acc).all()
-    assert df.finetune_lr.between(1e-5, 1e-3).all() and df.best_step.between(1, 3).all()
-    assert set(df.seed_target) == {1000}
-    setup = json.loads((out / "sweep.json").read_text())      # what --resume reads back names the same run
-    assert set(df.config_hash) == {run_id(setup)}
+    assert df.finetune_lr.between(1e-5, 1e-3).all() and set(df.seed_target) == {1000}
+    # every row holds what its configuration gives when evaluated here, in this process, on the saved source
+    from ltray.core.trajectory import load_trajectory
+    from ltray.distributed.sweep import _configs, evaluate_config
+
+    setup = json.loads((out / "sweep.json").read_text())
+    data_cfg, model_cfg, train_cfg, transfer_cfg = _configs(setup)
+    data, source = data_cfg.load(), load_trajectory(out / "source.safetensors")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                                   # what each trial had (1 CPU)
+    try:
+        for row in df.itertuples():
+            config = dict(T=row.T, batch_size=row.batch_size, schedule=row.schedule, method=row.method,
+                          finetune_lr=row.finetune_lr)
+            here = evaluate_config(data, source, config, model_cfg=model_cfg, train_cfg=train_cfg,
+                                   transfer_cfg=transfer_cfg, finetune_epochs=1, seed_target=1000)
+            assert 1 <= row.best_step <= row.T and row.best_val_acc >= row.final_val_acc, row
+            for key in ("best_val_acc", "final_val_acc", "best_step", "finetuned_val_acc"):
+                assert getattr(row, key) == pytest.approx(here[key], abs=1e-6), (key, row)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(df.config_hash) == {run_id(setup)}              # what --resume reads back names the same run
     moved = dict(setup, data_cfg=dict(setup["data_cfg"], root="/elsewhere"), storage="s3://bucket/x")
     assert run_id(moved) == run_id(setup)                      # where data and state live is not part of it
     assert run_id(dict(setup, space=dict(setup["space"], T=[2]))) != run_id(setup)
@@ -86,52 +105,98 @@ def test_a_small_sweep_writes_one_row_per_trial(ray_session, tmp_path, capsys):
     assert main(["sweep", *SMALL, "--out", str(out)]) == 2  # a second sweep into the same directory
 
 
+# `ltray sweep` whose first trial runs and whose later ones wait, in their Ray workers, until the test has stopped
+# the driver: the stop lands after exactly one finished trial and before the sweep ends, on any machine. The marker
+# is a literal in the code (workers of the session cluster do not see this driver's environment); the wrapper is
+# named "trial", the name Tune records and --resume looks for.
+HELD = """
+import sys
+from ltray.cli import main
+from ltray.distributed import sweep
+
+def first_trial_runs(config, data, source, setup):
+    import os, time
+    from ltray.distributed import sweep
+    try:
+        os.close(os.open(MARKER, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        time.sleep(600)
+    sweep.trial(config, data, source, setup)
+
+first_trial_runs.__name__ = first_trial_runs.__qualname__ = "trial"
+sweep.trial = first_trial_runs
+sys.exit(main())
+"""
+
+
+def _held_sweep(ray_session, out, samples: int, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    """A separate driver on the session cluster, running a sweep of `samples` GMT trials held after the first."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    code = HELD.replace("MARKER", repr(str(out.parent / f"{out.name}.first-trial")))
+    return subprocess.Popen([sys.executable, "-c", code, "sweep", *SMALL, "--num-samples", str(samples), "--T", "2,3",
+                             "--method", "gmt", "--address", ray_session.get_runtime_context().gcs_address,
+                             "--out", str(out)], env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+
+def _finished_trials(out) -> dict[str, dict]:
+    """The trials Tune's experiment state (what --resume reads) records as finished: trial id -> last result."""
+    finished = {}
+    for path in (out / "tune" / "sweep").glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(path.read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):       # being written: read it again next time
+            continue
+        for trial, runtime in trials:
+            trial = json.loads(trial)
+            if trial["status"] == "TERMINATED":
+                finished[trial["trial_id"]] = json.loads(runtime)["last_result"]
+    return finished
+
+
+def _one_finished_trial(driver: subprocess.Popen, out) -> dict[str, dict]:
+    deadline = time.time() + 240
+    while not (finished := _finished_trials(out)):
+        assert driver.poll() is None, driver.communicate()[1][-2000:]
+        assert time.time() < deadline, "the sweep finished no trial"
+        time.sleep(0.5)
+    assert len(finished) == 1, finished             # the others are held
+    return finished
+
+
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes(ray_session, tmp_path):
     """Ctrl-C a sweep (a separate driver on the session cluster) after its first trial; --resume finishes it."""
     out = tmp_path / "sweep"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    address = ray_session.get_runtime_context().gcs_address
-    driver = subprocess.Popen([sys.executable, "-m", "ltray", "sweep", *SMALL, "--num-samples", "6", "--T", "2,3",
-                               "--method", "gmt", "--address", address, "--out", str(out)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not any(p.stat().st_size for p in (out / "tune").rglob("result.json")) if (out / "tune").exists() else True:
-        assert time.time() < deadline and driver.poll() is None, "the sweep did not start a trial"
-        time.sleep(0.5)
+    driver = _held_sweep(ray_session, out, 6, stdout=subprocess.PIPE)
+    finished = _one_finished_trial(driver, out)
     driver.send_signal(signal.SIGINT)
     stdout, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr[-2000:]
     assert "--resume" in stdout
     first = pd.read_parquet(out / "sweep.parquet")
-    assert len(first) == 6 and (first.status == "unfinished").any()
+    assert len(first) == 6 and set(first[first.status == "ok"].trial_id) == set(finished)
     assert main(["sweep", "--resume", "--no-progress", "--out", str(out)]) == 0
     done = pd.read_parquet(out / "sweep.parquet")
     assert len(done) == 6 and set(done.status) == {"ok"}
-    finished = first[first.status == "ok"].set_index("trial_id").best_val_acc
-    assert (done.set_index("trial_id").best_val_acc.loc[finished.index] == finished).all()  # kept, not rerun
+    kept = done.set_index("trial_id").best_val_acc
+    assert all(kept[t] == last["best_val_acc"] for t, last in finished.items())   # kept, not rerun
 
 
 def test_a_sweep_killed_outright_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
     """SIGKILL the driver (no cleanup runs) once a trial has finished; --resume completes sweep.parquet."""
     out = tmp_path / "sweep"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    address = ray_session.get_runtime_context().gcs_address
-    driver = subprocess.Popen([sys.executable, "-m", "ltray", "sweep", *SMALL, "--num-samples", "4", "--T", "2,3",
-                               "--method", "gmt", "--address", address, "--out", str(out)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline, finished = time.time() + 240, []
-    while not finished:
-        assert time.time() < deadline and driver.poll() is None, "the sweep did not finish a trial"
-        finished = [p for p in (out / "tune").rglob("result.json") if p.stat().st_size] if (out / "tune").exists() \
-            else []
-        time.sleep(0.5)
-    time.sleep(2)                                  # Tune records the trial as done at its next step
-    driver.kill()
-    driver.communicate(timeout=60)
-    reported = {p.parent.name: p.read_text() for p in finished}
+    driver = _held_sweep(ray_session, out, 4)
+    try:
+        finished = _one_finished_trial(driver, out)
+        reported = {t: next((out / "tune" / "sweep").glob(f"trial_{t}_*")).joinpath("result.json").read_text()
+                    for t in finished}
+    finally:
+        driver.kill()
+        driver.communicate(timeout=60)
     assert main(["sweep", "--resume", "--no-progress", "--out", str(out)]) == 0
     done = pd.read_parquet(out / "sweep.parquet")
     assert len(done) == 4 and set(done.status) == {"ok"} and done.trial_id.is_unique
+    kept = done.set_index("trial_id").best_val_acc
     for trial, text in reported.items():           # a finished trial was not run again: its results are as they were
-        assert (next((out / "tune").rglob(trial)) / "result.json").read_text() == text
+        assert next((out / "tune" / "sweep").glob(f"trial_{trial}_*")).joinpath("result.json").read_text() == text
+        assert kept[trial] == finished[trial]["best_val_acc"]
