@@ -106,7 +106,26 @@ def test_transfer_pair_rows_and_seeds(digits, source):
     rows = out.results["oracle"].rows()
     assert [r["t"] for r in rows] == [0, 1, 2] and rows[-1]["lambda"] == 1.0
     assert rows[1]["seconds"] >= out.target_train_seconds > 0
-    assert out.results["oracle"].best_step >= 1
+    for result in out.results.values():            # the best step: the first t >= 1 of the highest accuracy
+        acc = result.val_acc
+        assert result.best_step == 1 + max(range(len(acc) - 1), key=lambda i: (acc[i + 1], -i))
+
+
+def test_the_best_step_is_the_best_accuracy_after_t_0_and_its_state_is_returned(digits, source):
+    """A source path that learns, then is wrecked at its last step: the best state is theta2^1 (not the final
+    theta2^2, nor theta2^0 even when theta2^0 scores higher than every transferred step)."""
+    model = _model(digits, 0)
+    start, learnt = source.state(0), source.state(-1)
+    wrecked = {k: v + 50 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) for k, v in learnt.items()}
+    result = transfer("naive", model, ltray.spec_for(model), [start, learnt, wrecked], start, digits,
+                      TransferConfig(T=2))
+    assert result.val_acc[1] > 85 > 30 > result.val_acc[2]
+    assert result.best_step == 1 and all(torch.allclose(result.best[k], learnt[k], atol=1e-6) for k in learnt)
+    assert all(torch.allclose(result.final[k], wrecked[k], atol=1e-5) for k in learnt)
+    # theta2^0 is not a candidate: the learnt source as the start, every step after it worse
+    worse = transfer("naive", model, ltray.spec_for(model), [start, wrecked, wrecked], learnt, digits,
+                     TransferConfig(T=2))
+    assert worse.val_acc[0] > 85 > worse.val_acc[1] == worse.val_acc[2] and worse.best_step == 1
 
 
 def test_gradient_in_chunks_equals_one_batch(digits):
@@ -138,17 +157,44 @@ def test_bn_reset_statistics_in_one_batch_and_in_several():
     assert not torch.allclose(chunked["bn1.running_var"], per_channel.var(1), rtol=1e-3)   # not the pooled one
 
 
-def test_bn_model_transfer_runs_with_statistics_reset(digits):
-    """A BatchNorm model through FGMT end to end (tiny conv-free check on the 8x8 digits with ResNet-18)."""
+def test_bn_model_transfer_resets_statistics_to_those_of_its_samples(digits):
+    """A BatchNorm model through FGMT end to end (ResNet-18 on the 8x8 digits): every BatchNorm's running statistics
+    in the result are the per-channel mean and unbiased variance of that layer's inputs over the B' = 32 training
+    samples the reset draws (one batch: exact), computed here from the layers' inputs in a train-mode forward."""
+    from torch.func import functional_call
+
     small = ltray.load_dataset("digits", max_train=64)
     model = ltray.build_model("resnet18", num_classes=10, in_channels=1, image_size=8, seed=0)
     traj = ltray.train(model, state_of(model), small.train, ltray.TrainConfig(epochs=1, batch_size=32, lr=0.05),
                        seed=0, progress=False)
     target = ltray.build_model("resnet18", num_classes=10, in_channels=1, image_size=8, seed=1)
     cfg = TransferConfig(T=1, batch_size=32, loader_batch_size=16, bn_samples=32)
-    result = transfer("fgmt", model, ltray.spec_for(model), traj.linear(1), state_of(target), small, cfg)
-    assert len(result.val_acc) == 2 and result.profile["bn_reset"] > 0
-    assert float(result.final["bn1.num_batches_tracked"]) > 0
+    result = transfer("fgmt", model, ltray.spec_for(model), traj.linear(1), state_of(target), small, cfg, seed=0)
+    assert len(result.val_acc) == 2 and result.best_step == 1
+    # the samples: the first B' of the training split in the order a generator seeded with seed + 1 draws
+    x = small.train.x[torch.randperm(len(small.train), generator=torch.Generator().manual_seed(1))[:32]]
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: inputs.__setitem__(n, a[0].detach()))
+             for n, m in bns.items()]
+    was_training = model.training
+    try:
+        model.train()                                  # each BatchNorm normalises with its batch's statistics
+        with torch.no_grad():
+            functional_call(model, {k: v.clone() for k, v in result.final.items()}, (x,))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    assert len(bns) == 20 and set(inputs) == set(bns)
+    for name, x_in in inputs.items():
+        per_channel = x_in.transpose(0, 1).reshape(x_in.shape[1], -1).double()
+        for state in (result.final, result.best):
+            assert torch.allclose(state[f"{name}.running_mean"].double(), per_channel.mean(1), rtol=1e-4, atol=1e-5)
+            assert torch.allclose(state[f"{name}.running_var"].double(), per_channel.var(1), rtol=1e-4, atol=1e-6)
+            assert int(state[f"{name}.num_batches_tracked"]) == 1
+        # and not what the target carried in from its initialisation (zeros and ones)
+        assert not torch.allclose(result.final[f"{name}.running_var"], state_of(target)[f"{name}.running_var"])
 
 
 def test_cached_first_layer_evaluation_matches_a_full_forward_pass(digits, source):
