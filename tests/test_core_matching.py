@@ -1,4 +1,4 @@
-"""The matcher: planted permutations recovered, never worse than identity, exact for one hidden layer."""
+"""The matcher: planted permutations recovered at their optimum, exact for one hidden layer."""
 import itertools
 
 import pytest
@@ -25,17 +25,23 @@ def test_weight_matching_recovers_a_planted_permutation(name, kw):
     assert all(torch.equal(found[g], perm[g]) for g in perm)
 
 
-def test_objective_never_below_identity_and_seeded():
+def test_several_pairs_with_a_planted_permutation_reach_its_optimum_and_are_seeded():
+    """Pairs (pi* s_k, s_k) of noise, three coupled groups (depth 3): sum_k <pi* s_k, pi s_k> <= sum_k |s_k|^2
+    (Cauchy-Schwarz), with equality only at pi = pi*. The solve from the identity must reach that bound."""
     gen = torch.Generator().manual_seed(0)
     model = ltray.build_model("mlp", image_size=8, width=24, depth=3)
     spec = ltray.spec_for(model)
-    noise = lambda: {k: torch.randn(v.shape, generator=gen) for k, v in model.state_dict().items()}
+    planted = ltray.random_permutation(spec, seed=5)
     m = Matcher(spec)
+    bound = 0.0
     for _ in range(3):
-        m.add_pair(noise(), noise())
-    identity = ltray.identity_permutation(spec)
+        s = {k: torch.randn(v.shape, generator=gen) for k, v in model.state_dict().items()}
+        m.add_pair(ltray.apply_permutation(spec, planted, s), s)
+        bound += sum(float((v.double() ** 2).sum()) for k, v in s.items() if any(spec.axes[k]))
     found = m.solve(seed=1)
-    assert m.objective(found) >= m.objective(identity)
+    assert all(torch.equal(found[g], planted[g]) for g in planted)
+    assert m.objective(found) == pytest.approx(bound, rel=1e-6) and m.objective(found) > m.objective(
+        ltray.identity_permutation(spec)) + 0.5 * bound
     again = Matcher(spec)
     again.static, again.coupled = m.static, m.coupled
     assert all(torch.equal(again.solve(seed=1)[g], found[g]) for g in found)
