@@ -6,10 +6,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ltray.errors import LtrayError
-from ltray.lap import SOLVERS, Assignment, AuctionState, _auction_solve, solve_assignment
+from ltray.lap import AUTO_AUCTION_MIN_N, SOLVERS, Assignment, AuctionState, _auction_solve, solve_assignment
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-EXACT = ["scipy", "auction", "auto"]
+EXACT = ["scipy", "auction"]     # "auto" is scipy at these sizes: tested where it chooses the auction, below
+N_AUTO = AUTO_AUCTION_MIN_N["cpu"]       # the size from which "auto" is the auction on the CPU
 # the auction's backends: compiled sequential bidding (CPU) and torch (any device; the default off the CPU)
 BACKENDS = [("cpu", "jit"), ("cpu", "torch")] + ([("cuda", "torch")] if torch.cuda.is_available() else [])
 
@@ -149,10 +150,32 @@ def test_bid_limit_falls_back_to_exact_scipy(backend):
 
 @pytest.mark.parametrize("backend", ["jit", "torch"])
 def test_dense_finish_when_threshold_graph_is_large(backend):
+    """No edge allowed to the sparse finish: an uncertified auction result must go through the dense finish on
+    the reduced costs (not the bid-limit fallback), and that finish is exact."""
     a = _gen("rank5", 200, seed=6)
     res = _auction_solve(a, None, exact=True, sparse_edges_per_row=0, backend=backend)
-    assert res.method in ("auction->scipy", "auction(certified)")
+    assert res.method == "auction->scipy" and "failed" not in res.info and "t_fallback" in res.info, res.info
+    assert res.info["dual_gap"] > 0 and res.info["nnz"] > 0      # the auction alone was not certified optimal
     assert _objective(a, res.perm) >= _opt(a) - 1e-9 * _scale(a)
+
+
+@pytest.mark.parametrize("backend", ["jit", "torch"])
+def test_sparse_finish_makes_an_uncertified_auction_exact(backend):
+    a = _gen("rank5", 200, seed=6)
+    res = _auction_solve(a, None, exact=True, backend=backend)
+    assert res.method == "auction+sparse" and "t_sparse" in res.info and res.info["dual_gap"] > 0, res.info
+    assert 0 < res.info["nnz"] <= 32 * 200
+    assert _objective(a, res.perm) >= _opt(a) - 1e-9 * _scale(a)
+
+
+def test_a_planted_assignment_is_certified_by_the_duality_gap_alone():
+    """A permutation matrix: the torch backend's prices close the duality gap exactly, no finish runs."""
+    planted = torch.randperm(300, generator=torch.Generator().manual_seed(2))
+    a = torch.eye(300, dtype=torch.float64)[planted]
+    res = _auction_solve(a, None, exact=True, backend="torch")
+    assert res.method == "auction(certified)" and res.info["dual_gap"] == 0.0
+    assert "t_sparse" not in res.info and "t_fallback" not in res.info
+    assert torch.equal(res.perm, planted)
 
 
 @pytest.mark.parametrize("backend", ["jit", "torch"])
@@ -229,7 +252,7 @@ def recorded_gradient_matrix():
     return matcher.static["P_fc1"]
 
 
-@pytest.mark.parametrize("solver", ["auction", "auto", "fastlap"])
+@pytest.mark.parametrize("solver", ["auction", "auction-torch", "fastlap"])    # n = 256: "auto" would be scipy
 def test_exact_solvers_on_a_recorded_gradient_matching_matrix(recorded_gradient_matrix, solver):
     if solver == "fastlap":
         pytest.importorskip("fastlap")
@@ -239,19 +262,25 @@ def test_exact_solvers_on_a_recorded_gradient_matching_matrix(recorded_gradient_
     assert _opt(a) - _objective(a, res.perm) <= 1e-9 * max(abs(_opt(a)), _scale(a))
 
 
-def test_auto_uses_the_auction_from_its_cpu_size_and_keeps_its_state(monkeypatch):
-    import ltray.lap as lap
-
-    monkeypatch.setitem(lap.AUTO_AUCTION_MIN_N, "cpu", 64)
-    a = _gen("rank5", 96, seed=3)
+@pytest.mark.parametrize("kind,n", [("random", N_AUTO), ("int-ties", N_AUTO), ("hetero", N_AUTO),
+                                    ("dup-rows", N_AUTO), ("tiny-scale", N_AUTO), ("rank50", N_AUTO + 37)])
+def test_auto_is_the_exact_auction_from_its_cpu_size(kind, n):
+    a = _gen(kind, n, seed=n + 1)
     res = solve_assignment(a, "auto")
-    assert res.method.startswith("auction") and isinstance(res.state, AuctionState)
-    assert abs(_objective(a, res.perm) - _opt(a)) <= 1e-9 * _scale(a)
-    b = a + 0.01 * _gen("random", 96, seed=4)
+    _check_perm(res, n, "cpu")
+    assert res.method.startswith("auction") and isinstance(res.state, AuctionState) and res.gap_bound == 0.0
+    opt = _opt(a)
+    assert opt - _objective(a, res.perm) <= 1e-9 * max(abs(opt), _scale(a)), (kind, n, res.method)
+
+
+def test_auto_switches_at_its_cpu_size_and_warm_starts_there():
+    assert solve_assignment(_gen("rank5", N_AUTO - 1, seed=5), "auto").method == "scipy"
+    a = _gen("rank5", N_AUTO, seed=3)
+    res = solve_assignment(a, "auto")
+    assert res.method.startswith("auction") and abs(_objective(a, res.perm) - _opt(a)) <= 1e-9 * _scale(a)
+    b = a + 0.01 * _gen("random", N_AUTO, seed=4)       # the next FGMT step: a small change of the same matrix
     again = solve_assignment(b, "auto", warm=res)
     assert again.info["warm"] and abs(_objective(b, again.perm) - _opt(b)) <= 1e-9 * _scale(b)
-    small = _gen("rank5", 32, seed=5)
-    assert solve_assignment(small, "auto").method == "scipy"
 
 
 def test_compiled_candidate_lists_do_not_depend_on_the_thread_count():
