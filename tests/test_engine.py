@@ -129,26 +129,36 @@ def test_ray_fan_out_gives_the_in_process_numbers(ray_session, digits, source):
     pd.testing.assert_frame_equal(_numbers(remote), _numbers(local))
 
 
-def test_fan_out_keeps_a_bound_on_tasks_in_flight(ray_session, digits):
+def test_fan_out_keeps_a_bound_on_tasks_in_flight(ray_session, digits, tmp_path):
+    """The first task is held (in its worker) until the other four have come back: they must stream back one at a
+    time through the one free slot, in order, and the held one last; never more than 2 tasks in flight."""
     import ray
 
+    release = tmp_path / "release"
+
     @ray.remote(num_cpus=0.1)
-    def nap(seconds):
-        time.sleep(seconds)
-        return seconds
+    def held_or_not(name, release):
+        import os
+        import time
+
+        deadline = time.time() + 120
+        while name == "held" and not os.path.exists(release) and time.time() < deadline:
+            time.sleep(0.02)
+        return name
 
     submitted, finished, worst = [], [], 0
 
-    def submit(seconds):
+    def submit(name):
         nonlocal worst
-        submitted.append(seconds)
+        submitted.append(name)
         worst = max(worst, len(submitted) - len(finished))
-        return nap.remote(seconds)
+        return held_or_not.remote(name, str(release))
 
-    for _, value in engine.fan_out(submit, [0.6, 0.05, 0.05, 0.05, 0.05], max_in_flight=2, progress=False):
+    for _, value in engine.fan_out(submit, ["held", "a", "b", "c", "d"], max_in_flight=2, progress=False):
         finished.append(value)
-    assert worst == 2 and len(finished) == 5
-    assert finished[0] == 0.05 and 0.6 in finished[1:]  # streamed as they finish, not in submission order
+        if len(finished) == 4:
+            release.touch()
+    assert worst == 2 and finished == ["a", "b", "c", "d", "held"]   # streamed as they finish, not as submitted
 
 
 def test_a_task_error_comes_back_as_one_line(ray_session, digits, source):
@@ -188,13 +198,16 @@ def test_resources_are_checked_before_any_work(ray_session):
 
 def test_transfer_command_fans_seed_pairs_out_through_ray(ray_session, tmp_path, capsys):
     args = ["transfer", "--width", "32", "--epochs", "3", "--T", "2", "--methods", "naive,fgmt", "--no-progress"]
-    assert ltray_main([*args, "--seeds", "2", "--out", str(tmp_path / "ray")]) == 0
+    capsys.readouterr()
+    assert ltray_main([*args, "--seeds", "2", "--ray", "--out", str(tmp_path / "ray")]) == 0
+    assert "on Ray" in capsys.readouterr().out
     assert ltray_main([*args, "--seeds", "2", "--no-ray", "--out", str(tmp_path / "local")]) == 0
+    assert "in this process" in capsys.readouterr().out
     ray_rows, local_rows = (pd.read_parquet(tmp_path / d / "transfer.parquet") for d in ("ray", "local"))
     assert sorted(ray_rows.seed_source.unique()) == [0, 1] and sorted(ray_rows.seed_target.unique()) == [1000, 1001]
     pd.testing.assert_frame_equal(_numbers(ray_rows), _numbers(local_rows), atol=1e-4, rtol=1e-4)
     # one worker at a time or two at once, the same seeds give the same Parquet, timings excepted
-    assert ltray_main([*args, "--seeds", "2", "--max-in-flight", "1", "--out", str(tmp_path / "one")]) == 0
+    assert ltray_main([*args, "--seeds", "2", "--ray", "--max-in-flight", "1", "--out", str(tmp_path / "one")]) == 0
     one = pd.read_parquet(tmp_path / "one" / "transfer.parquet")
     def numbers(df):   # rows come back in the order tasks finish
         return df.drop(columns=["seconds", "source_train_seconds"]).sort_values(
