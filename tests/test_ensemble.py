@@ -1,4 +1,5 @@
-"""The ensemble builder: `python -m ltray.ensemble` / `ltray ensemble` on digits, through the session Ray."""
+"""The ensemble builder: `python -m ltray.ensemble` / `ltray ensemble` on digits (a job this small runs in this
+process; test_reliability runs its units as Ray tasks and compares)."""
 import os
 import subprocess
 import sys
