@@ -220,6 +220,16 @@ def test_subsequent_training_smoke(tmp_path, cache):
     assert set(df.start) == set(ltray.METHODS) | {"standard"} and sorted(df.epoch.unique()) == [0, 1, 2]
     assert (df[df.start == "standard"].start_step == 0).all()
     assert (tmp_path / "random_w32_subsequent.png").exists()
+    # each start is where its transfer was best (first t >= 1 of the highest accuracy); standard is theta2^0 itself
+    assert _smoke("transfer_curves", tmp_path / "curves", cache, "--scenario", "random") == 0
+    steps = pd.read_parquet(tmp_path / "curves" / "random_w32_transfer.parquet")
+    first = df[df.epoch == 0].set_index(["seed_source", "start"])
+    for (seed, method), rows in steps.groupby(["seed_source", "method"]):
+        later = rows[rows.t >= 1].sort_values("t")
+        best = later.loc[later.val_acc.idxmax()]
+        assert first.loc[(seed, method), "start_step"] == best.t
+        assert first.loc[(seed, method), "val_acc"] == pytest.approx(best.val_acc)
+        assert first.loc[(seed, "standard"), "val_acc"] == pytest.approx(rows[rows.t == 0].val_acc.item())
 
 
 def test_mode_connectivity_smoke(tmp_path, cache):
