@@ -121,13 +121,18 @@ def files(tmp_path_factory, digits, trained):
     return {"a": str(a), "b": str(b), "wide": str(other), "state": str(state)}
 
 
-def test_landscape_command_writes_a_path_and_a_plane(tmp_path, files, capsys):
+def test_landscape_command_writes_a_path_and_a_plane(tmp_path, files, capsys, digits, trained):
     out = tmp_path / "path"
     assert main(["landscape", files["a"], files["b"], "--grid", "5", "--labels", "s0,s1", "--out", str(out)]) == 0
     table = pq.read_table(out / "path.parquet")
     assert table.schema.equals(PATH_SCHEMA, check_metadata=False)
     df = table.to_pandas()
     assert len(df) == 5 and list(df.point_a.unique()) == ["s0"] and df.barrier.nunique() == 1
+    df = df.sort_values("alpha")          # the barrier: the path's largest rise above the chord of its end losses
+    line = (1 - df.alpha) * df.loss.iloc[0] + df.alpha * df.loss.iloc[-1]
+    assert df.barrier.iloc[0] == pytest.approx(max(0.0, float((df.loss - line).max())), abs=1e-9)
+    ends = [evaluate(_mlp(digits), trained[i].state(-1), digits.val)[0] for i in (0, 1)]
+    assert [df.loss.iloc[0], df.loss.iloc[-1]] == pytest.approx(ends, rel=1e-5)
     assert (out / "path.png").stat().st_size > 10_000
     assert "barrier" in capsys.readouterr().out
 
