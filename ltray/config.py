@@ -47,6 +47,13 @@ class ModelConfig:
     name: str = "mlp"
     width: int | None = None
     depth: int = 1
+    init: str = "default"      # ltray.models.INITS: PyTorch's default, or "kaiming" (He, the paper's B.3.2)
+
+    def __post_init__(self):
+        from .models import INITS
+
+        if self.init not in INITS:
+            raise LtrayError(f"unknown initialisation {self.init!r}; known: {', '.join(INITS)}")
 
     def build(self, data, seed: int):
         """The model named `name` (ltray's, `torchvision:NAME` or `package.module:factory`; see
@@ -54,7 +61,7 @@ class ModelConfig:
         from .models import resolve_model
 
         return resolve_model(self.name, data.num_classes, data.in_channels, data.image_size, self.width, seed,
-                             depth=self.depth)
+                             depth=self.depth, init=self.init)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,30 @@ SWEEP_SCHEMA = pa.schema([
 ])
 
 
+# One row per (trained network, epoch) of an experiment that trains its own sources and targets (experiments/cnn.py):
+# role "source" or "target" (the Oracle's trained target: same recipe, seed_target), the init (ltray.models.INITS),
+# the recipe's lr and weight decay, the validation accuracy/loss of that epoch's checkpoint, and the training's
+# wall seconds up to the end of that epoch.
+TRAINING_SCHEMA = pa.schema([
+    *_ARCH, pa.field("init", pa.string()), pa.field("role", pa.string()), pa.field("seed", pa.int64()),
+    pa.field("epoch", pa.int64()), pa.field("lr", pa.float64()), pa.field("weight_decay", pa.float64()),
+    pa.field("val_acc", pa.float64()), pa.field("val_loss", pa.float64()), pa.field("seconds", pa.float64()),
+    *PROVENANCE,
+])
+
+# Where one transfer's wall seconds went (ltray.core.transfer.Profile), one row per (method, seed pair, T,
+# trajectory): gradients, cost products, assignment solves, BatchNorm resets, evaluation; the Oracle's seconds
+# include its target's training (target_train_seconds), as in TRANSFER_SCHEMA.
+PROFILE_SCHEMA = pa.schema([
+    *_ARCH, pa.field("init", pa.string()), pa.field("method", pa.string()), pa.field("T", pa.int64()),
+    pa.field("trajectory", pa.string()), pa.field("seed_source", pa.int64()), pa.field("seed_target", pa.int64()),
+    pa.field("transfer_seconds", pa.float64()), pa.field("source_train_seconds", pa.float64()),
+    pa.field("target_train_seconds", pa.float64()), pa.field("gradients", pa.float64()),
+    pa.field("cost_products", pa.float64()), pa.field("solves", pa.float64()), pa.field("bn_reset", pa.float64()),
+    pa.field("evaluation", pa.float64()), pa.field("gradient_pairs", pa.int64()), *PROVENANCE,
+])
+
+
 # ---- transfers, analyses (ltray.runs, ltray.analysis) -------------------------------------------------------
 # scenario: "random" (both inits random) or "pretrained" (both inits pre-trained on pretrain_dataset with
 # pretrain_classes, source fine-tuned on dataset/classes with a fresh head). classes are "5,6,7,8,9" or null.

@@ -31,7 +31,8 @@ def train_source(data: DataBundle, data_cfg: DataConfig, model_cfg: ModelConfig,
     only those epochs' checkpoints are returned (what the transfers need; a Ray task then ships no more)."""
     model = model_cfg.build(data, seed).to(device)
     traj = train(model, state_of(model), data.train, train_cfg, seed, progress, desc=f"train s{seed}")
-    traj.meta.update(model=model_cfg.name, width=_width(model_cfg), depth=model_cfg.depth, dataset=data_cfg.name,
+    traj.meta.update(model=model_cfg.name, width=_width(model_cfg), depth=model_cfg.depth, init=model_cfg.init,
+                     dataset=data_cfg.name,
                      classes=list(data_cfg.classes) if data_cfg.classes else None, epochs=train_cfg.epochs,
                      num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
                      train_config=asdict(train_cfg), ltray_version=__version__, torch_version=torch.__version__)
@@ -175,24 +176,31 @@ def transfer_rows(results: dict[str, TransferResult], **columns) -> list[dict]:
     return rows
 
 
-def pair_rows(data, *, data_cfg, model_cfg, train_cfg, transfer_cfg, methods: tuple[str, ...], source,
-              seed_target: int, run_id: str, device: str = "cpu", progress: bool = False) -> list[dict]:
-    """One (source, target) pair transferred with every method, as TRANSFER_SCHEMA rows (random-init scenario).
-    The same call runs in-process or as a Ray task (ltray.distributed.engine), so both give the same numbers."""
+def pair_outcome(data, *, data_cfg, model_cfg, train_cfg, transfer_cfg, methods: tuple[str, ...], source,
+                 seed_target: int, run_id: str, device: str = "cpu", progress: bool = False,
+                 target: Trajectory | None = None) -> tuple[PairOutcome, list[dict]]:
+    """One (source, target) pair transferred with every method: the outcome (results, profiles) and its
+    TRANSFER_SCHEMA rows (random-init scenario). `target`: the Oracle's trained target, when already at hand."""
     from .results import derive_seed, provenance
 
     seed_source = int(source.meta.get("seed", 0))
     outcome = transfer_pair(data, model_cfg, train_cfg, transfer_cfg, methods, source, seed_target, device,
-                            progress=progress, seed=derive_seed("transfer", seed_source, seed_target))
+                            progress=progress, seed=derive_seed("transfer", seed_source, seed_target), target=target)
     lr = (source.meta.get("train_config") or {}).get("lr", train_cfg.lr)
-    return transfer_rows(outcome.results, scenario="random", dataset=data_cfg.name,
-                         classes=",".join(map(str, data_cfg.classes)) if data_cfg.classes else None,
-                         pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name,
-                         width=source.meta.get("width"), source_lr=lr, seed_source=seed_source,
-                         seed_target=seed_target, T=transfer_cfg.T, schedule=transfer_cfg.schedule,
-                         trajectory=transfer_cfg.trajectory, batch_size=transfer_cfg.batch_size,
-                         solver=transfer_cfg.solver, source_train_seconds=outcome.source_train_seconds,
-                         **provenance(run_id, device))
+    return outcome, transfer_rows(outcome.results, scenario="random", dataset=data_cfg.name,
+                                  classes=",".join(map(str, data_cfg.classes)) if data_cfg.classes else None,
+                                  pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name,
+                                  width=source.meta.get("width"), source_lr=lr, seed_source=seed_source,
+                                  seed_target=seed_target, T=transfer_cfg.T, schedule=transfer_cfg.schedule,
+                                  trajectory=transfer_cfg.trajectory, batch_size=transfer_cfg.batch_size,
+                                  solver=transfer_cfg.solver, source_train_seconds=outcome.source_train_seconds,
+                                  **provenance(run_id, device))
+
+
+def pair_rows(data, **job) -> list[dict]:
+    """pair_outcome's rows alone. The same call runs in-process or as a Ray task (ltray.distributed.engine), so
+    both give the same numbers."""
+    return pair_outcome(data, **job)[1]
 
 
 def pairs_rows(data, *, seed_targets: tuple[int, ...], **job) -> list[dict]:

@@ -44,6 +44,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "other models than ltray's get a permutation spec traced and verified by ltray.core.autospec")
     g.add_argument("--width", type=positive_int, default=None, help="hidden width (mlp) / base channels (conv8)")
     g.add_argument("--depth", type=positive_int, default=1, help="hidden layers of the mlp (default 1: 2-MLP)")
+    g.add_argument("--init", default=None, help="initialisation: default (PyTorch's) or kaiming (He: normal, "
+                   "std sqrt(2/fan_in), zero biases; Conv8 without BatchNorm needs it to train on MNIST)")
     g.add_argument("--epochs", type=positive_int, default=None)
     g.add_argument("--lr", type=float, default=None, help="source SGD learning rate")
     g.add_argument("--train-batch-size", type=positive_int, default=None)
@@ -72,12 +74,12 @@ def configs_from_args(args: argparse.Namespace):
     from ..config import DataConfig, ModelConfig, TransferConfig, check_names, with_preset
 
     check_names(args.dataset, args.model)
-    model = {"name": args.model, "width": args.width, "depth": args.depth}
+    model = {"name": args.model, "width": args.width, "depth": args.depth, "init": getattr(args, "init", None)}
     train = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.train_batch_size, "momentum": args.momentum,
              "weight_decay": args.weight_decay, "cosine": args.cosine, "warmup_epochs": args.warmup_epochs}
     preset = with_preset(args.dataset, model=model, train=train)
     if args.model and args.model != "mlp" and args.width is None:  # another model: its own default width
-        preset["model"] = ModelConfig(args.model, None, args.depth)
+        preset["model"] = ModelConfig(args.model, None, args.depth, getattr(args, "init", None) or "default")
     data_cfg = DataConfig(args.dataset, args.data_root, args.download, args.classes, args.max_train)
     transfer_cfg = None
     if hasattr(args, "T"):

@@ -107,6 +107,7 @@ class TransferContext:
         self.gradient_pairs += 1
         with self.profile.time("gradients"):
             chunk = self.cfg.loader_batch_size
+            theta1 = {k: v.to(self.device) for k, v in theta1.items()}   # the source's states live on the CPU
             return (gradient(self.model, theta2, x, y, chunk, factored=True),
                     gradient(self.model, theta1, x, y, chunk, factored=True))
 
