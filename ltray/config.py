@@ -49,12 +49,6 @@ class ModelConfig:
     depth: int = 1
     init: str = "default"      # ltray.models.INITS: PyTorch's default, or "kaiming" (He, the paper's B.3.2)
 
-    def __post_init__(self):
-        from .models import INITS
-
-        if self.init not in INITS:
-            raise LtrayError(f"unknown initialisation {self.init!r}; known: {', '.join(INITS)}")
-
     def build(self, data, seed: int):
         """The model named `name` (ltray's, `torchvision:NAME` or `package.module:factory`; see
         ltray.models.resolve_model) for `data`'s classes and image shape, initialised from `seed`."""
@@ -160,10 +154,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def check_names(dataset: str, model: str | None = None, methods: tuple[str, ...] = ()) -> None:
-    """One-line errors for an unknown dataset, model or transfer method."""
+def check_names(dataset: str, model: str | None = None, methods: tuple[str, ...] = (), init: str | None = None) -> None:
+    """One-line errors for an unknown dataset, model, transfer method or initialisation. (Checked here, when a
+    command runs, not when a config is made: presets are made at import, and `--help` must not load torch.)"""
     from .data import DATASETS
-    from .models import MODELS
+    from .models import INITS, MODELS
 
     if dataset not in DATASETS:
         raise LtrayError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
@@ -173,6 +168,8 @@ def check_names(dataset: str, model: str | None = None, methods: tuple[str, ...]
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise LtrayError(f"unknown transfer method {bad[0]!r}; known: {', '.join(METHODS)}")
+    if init is not None and init not in INITS:
+        raise LtrayError(f"unknown initialisation {init!r}; known: {', '.join(INITS)}")
 
 
 def with_preset(dataset: str, **overrides) -> dict:

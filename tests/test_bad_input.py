@@ -44,6 +44,7 @@ CASES = [
     (["transfer", *TINY, "--methods", ","], "--methods is empty"),
     (["transfer", *TINY, "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["transfer", *TINY, "--model", "vgg"], "unknown model 'vgg'"),
+    (["transfer", *TINY, "--init", "xavier"], "unknown initialisation 'xavier'; known: default, kaiming"),
     (["transfer", *TINY, "--T", "0"], "T must be >= 1"),
     (["transfer", *TINY, "--batch-size", "0"], "batch sizes must be >= 1"),
     (["transfer", *TINY, "--batch-size", "100000"], "B=100000 exceeds the"),

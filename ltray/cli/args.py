@@ -73,7 +73,7 @@ def configs_from_args(args: argparse.Namespace):
     """(DataConfig, ModelConfig, TrainConfig, TransferConfig) from parsed arguments and the dataset preset."""
     from ..config import DataConfig, ModelConfig, TransferConfig, check_names, with_preset
 
-    check_names(args.dataset, args.model)
+    check_names(args.dataset, args.model, init=getattr(args, "init", None))
     model = {"name": args.model, "width": args.width, "depth": args.depth, "init": getattr(args, "init", None)}
     train = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.train_batch_size, "momentum": args.momentum,
              "weight_decay": args.weight_decay, "cosine": args.cosine, "warmup_epochs": args.warmup_epochs}
