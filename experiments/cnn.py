@@ -115,7 +115,8 @@ def run(args) -> None:
 
     runs = [(kind, int(T)) for kind, _, T in (r.partition(":") for r in args.runs)]
     for k in range(args.first_pair, args.first_pair + args.pairs):
-        source, target = trained(k, "source"), trained(1000 + k, "target")
+        source = trained(k, "source")
+        target = trained(1000 + k, "target") if "oracle" in methods else None   # the Oracle's trained target
         for kind, T in runs:
             if kind == "actual" and T > args.epochs:
                 print(f"skipped: an actual trajectory of T = {T} needs >= {T} epochs, the sources have "
