@@ -64,10 +64,10 @@ def test_an_invalid_cluster_config_is_one_line(config, tmp_path, change, message
 
 
 def test_the_check_command(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "ltray.engine", "check-cluster", str(CLUSTER_YAML)],
+    ok = subprocess.run([sys.executable, "-m", "ltray", "check-cluster", str(CLUSTER_YAML)],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "valid" in ok.stdout
     (tmp_path / "broken.yaml").write_text("cluster_name: [unclosed\n")
-    bad = subprocess.run([sys.executable, "-m", "ltray.engine", "check-cluster", str(tmp_path / "broken.yaml")],
+    bad = subprocess.run([sys.executable, "-m", "ltray", "check-cluster", str(tmp_path / "broken.yaml")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not valid YAML" in bad.stderr
