@@ -4,7 +4,7 @@ the ensemble builder and the analyses all go through it."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +37,14 @@ def train_source(data: DataBundle, data_cfg: DataConfig, model_cfg: ModelConfig,
                      num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
                      train_config=asdict(train_cfg), ltray_version=__version__, torch_version=torch.__version__)
     return traj.select(keep) if keep is not None else traj
+
+
+def recorded_recipe(source: Trajectory, train_cfg: TrainConfig) -> TrainConfig:
+    """The recipe `source` was trained with (its file's train_config), the truth for whatever is trained to be
+    compared with it (the Oracle's target); `train_cfg` where the file records none, or for fields it lacks."""
+    recorded = source.meta.get("train_config") or {}
+    known = {f.name for f in fields(TrainConfig)}
+    return replace(train_cfg, **{k: v for k, v in recorded.items() if k in known})
 
 
 def needed_epochs(transfer_cfg: TransferConfig, epochs: int) -> list[int]:
@@ -128,7 +136,8 @@ def transfer_pair(data: DataBundle, model_cfg: ModelConfig, train_cfg: TrainConf
     """Transfer `source` onto build_model(seed=seed_target) with each method (same mini-batches for all).
 
     The oracle needs the actually trained target: `target` when given (trained from the same theta2^0),
-    else it is trained here with `train_cfg` (data order from seed_target). Either way its training time is
+    else it is trained here with the source's recipe (recorded_recipe: `train_cfg` only where the source
+    records none; data order from seed_target). Either way its training time is
     part of the oracle's transfer seconds."""
     seed_source = int(source.meta.get("seed", 0))
     model = model_cfg.build(data, seed_target).to(device)
@@ -147,7 +156,8 @@ def transfer_pair(data: DataBundle, model_cfg: ModelConfig, train_cfg: TrainConf
         extra = 0.0
         if method == "oracle" and target_final is None:
             t0 = time.perf_counter()
-            target = train(model, theta2_0, data.train, train_cfg, seed_target, progress, desc=f"target s{seed_target}")
+            target = train(model, theta2_0, data.train, recorded_recipe(source, train_cfg), seed_target, progress,
+                           desc=f"target s{seed_target}")
             target_final, target_seconds = target.state(-1, device), time.perf_counter() - t0
         if method == "oracle":
             extra = target_seconds
@@ -186,13 +196,13 @@ def pair_outcome(data, *, data_cfg, model_cfg, train_cfg, transfer_cfg, methods:
     seed_source = int(source.meta.get("seed", 0))
     outcome = transfer_pair(data, model_cfg, train_cfg, transfer_cfg, methods, source, seed_target, device,
                             progress=progress, seed=derive_seed("transfer", seed_source, seed_target), target=target)
-    lr = (source.meta.get("train_config") or {}).get("lr", train_cfg.lr)
     return outcome, transfer_rows(outcome.results, scenario="random", dataset=data_cfg.name,
                                   classes=",".join(map(str, data_cfg.classes)) if data_cfg.classes else None,
                                   pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name,
-                                  width=source.meta.get("width"), source_lr=lr, seed_source=seed_source,
-                                  seed_target=seed_target, T=transfer_cfg.T, schedule=transfer_cfg.schedule,
-                                  trajectory=transfer_cfg.trajectory, batch_size=transfer_cfg.batch_size,
+                                  width=source.meta.get("width"), source_lr=recorded_recipe(source, train_cfg).lr,
+                                  seed_source=seed_source, seed_target=seed_target, T=transfer_cfg.T,
+                                  schedule=transfer_cfg.schedule, trajectory=transfer_cfg.trajectory,
+                                  batch_size=transfer_cfg.batch_size,
                                   solver=transfer_cfg.solver, source_train_seconds=outcome.source_train_seconds,
                                   **provenance(run_id, device))
 

@@ -36,3 +36,32 @@ def test_rows_carry_every_step_the_given_columns_and_the_agreement(tmp_path):
     full = [dict({k: None for k in names}, **r) for r in rows]   # the schema's other columns left null
     table = pq.read_table(write_parquet(full, TRANSFER_SCHEMA, tmp_path / "t.parquet"))
     assert table.schema.equals(TRANSFER_SCHEMA, check_metadata=False) and table.num_rows == 6
+
+
+def test_the_oracle_target_is_trained_with_the_recipe_recorded_in_the_source_file(tmp_path):
+    """A source file trained at lr 0.1 for 3 epochs, transferred under a command line's lr 0.02 and 2 epochs: the
+    Oracle's target trained here is the one trained with the file's recipe (the same numbers as when that target
+    is handed in), and the rows report the file's lr."""
+    from dataclasses import asdict
+
+    from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
+    from ltray.core.trajectory import load_trajectory, save_trajectory
+    from ltray.data import load_dataset
+    from ltray.runs import pair_outcome, recorded_recipe, train_source
+
+    data, data_cfg, model_cfg = load_dataset("digits"), DataConfig("digits"), ModelConfig("mlp", 16)
+    recipe, command_line = TrainConfig(epochs=3, lr=0.1), TrainConfig(epochs=2, lr=0.02)
+    source = train_source(data, data_cfg, model_cfg, recipe, 0, progress=False)
+    source = load_trajectory(save_trajectory(source, tmp_path / "source.safetensors"))
+    assert recorded_recipe(source, command_line) == recipe
+    target = train_source(data, data_cfg, model_cfg, recipe, 1000, progress=False)
+    job = dict(data_cfg=data_cfg, model_cfg=model_cfg, train_cfg=command_line, transfer_cfg=TransferConfig(T=2),
+               methods=("oracle",), source=source, seed_target=1000, run_id="test")
+    trained_here, rows = pair_outcome(data, **job)
+    handed_in, _ = pair_outcome(data, target=target, **job)
+    here, given = trained_here.results["oracle"], handed_in.results["oracle"]
+    assert here.val_acc == given.val_acc and all(torch.equal(here.perms[-1][g], p) for g, p in given.perms[-1].items())
+    assert {r["source_lr"] for r in rows} == {0.1}
+    # a file that records no recipe: the command line's is all there is
+    source.meta.pop("train_config")
+    assert asdict(recorded_recipe(source, command_line)) == asdict(command_line)

@@ -34,15 +34,15 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     from ..core.trajectory import load_trajectory
     from ..ensemble.members import load_unit
     from ..results import ENSEMBLE_SCHEMA, MEMBERS_SCHEMA, config_hash
-    from ..runs import check_transfer
+    from ..runs import check_transfer, recorded_recipe
     from . import engine
 
     methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
     check_names(args.dataset, args.model, methods or ("",))
     data_cfg, model_cfg, train_cfg, transfer_cfg = configs_from_args(args)
     given = load_trajectory(args.trajectory, lazy=True) if args.trajectory else None
-    if given is not None:   # full and snapshot members train as long as the given source did
-        train_cfg = replace(train_cfg, epochs=given.epochs[-1])
+    if given is not None:   # full and snapshot members train with the given source's recipe, as long as it did
+        train_cfg = replace(recorded_recipe(given, train_cfg), epochs=given.epochs[-1])
     recipe = check(Recipe(args.members, args.sources, args.repeats, methods, tuple(args.finetune_epochs),
                           tuple(args.trained_epochs), tuple(args.snapshot_epochs), args.full_ensemble,
                           args.snapshot, args.with_sources, args.seed),
