@@ -118,7 +118,7 @@ class TransferConfig:
     max_iter: int = 100               # coordinate-descent sweeps per solve
 
     def __post_init__(self):
-        from .lap import SOLVERS
+        from .lap import check_solver
 
         if self.T < 1:
             raise LtrayError(f"trajectory length T must be >= 1, got {self.T}")
@@ -129,8 +129,7 @@ class TransferConfig:
             raise LtrayError(f"unknown lambda schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
         if self.trajectory not in ("linear", "actual"):
             raise LtrayError(f"unknown trajectory kind {self.trajectory!r}; known: linear, actual")
-        if self.solver not in SOLVERS:
-            raise LtrayError(f"unknown assignment solver {self.solver!r}; known: {', '.join(SOLVERS)}")
+        check_solver(self.solver)
 
 
 # Per dataset (paper Appendix B.3): the model, the source's training and T; `digits` is ltray's offline default.
@@ -154,22 +153,41 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def check_names(dataset: str, model: str | None = None, methods: tuple[str, ...] = (), init: str | None = None) -> None:
-    """One-line errors for an unknown dataset, model, transfer method or initialisation. (Checked here, when a
-    command runs, not when a config is made: presets are made at import, and `--help` must not load torch.)"""
+def check_names(dataset: str | None = None, model: str | None = None, methods: tuple[str, ...] = (),
+                init: str | None = None) -> None:
+    """One-line errors for an unknown dataset, model, transfer method or initialisation: the one check of each
+    name, for the commands, the analyses and the API (a model's is ltray.models.check_model, which the builders
+    call too). Checked when a command runs, not when a config is made: presets are made at import, and `--help`
+    must not load torch."""
     from .data import DATASETS
-    from .models import INITS, MODELS
+    from .models import INITS, check_model
 
-    if dataset not in DATASETS:
+    if dataset is not None and dataset not in DATASETS:
         raise LtrayError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    if model is not None and model not in MODELS and ":" not in model:   # NAME:factory is checked when built
-        raise LtrayError(f"unknown model {model!r}; known: {', '.join(MODELS)}, torchvision:NAME, "
-                         f"package.module:factory")
+    if model is not None:
+        check_model(model)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise LtrayError(f"unknown transfer method {bad[0]!r}; known: {', '.join(METHODS)}")
     if init is not None and init not in INITS:
         raise LtrayError(f"unknown initialisation {init!r}; known: {', '.join(INITS)}")
+
+
+def model_config(dataset: str, name: str | None = None, width: int | None = None, depth: int | None = None,
+                 init: str | None = None, header: dict | None = None) -> ModelConfig:
+    """The model a command builds, resolved the same way by every command: each of name, width, depth and init
+    from the command line, else from the header of the file given (what its source was trained as; width, depth
+    and init only when it names the same model), else from the dataset's preset (its width only for the preset's
+    own model: another model keeps its own default width, ltray.models.DEFAULT_WIDTH)."""
+    preset, header = PRESETS[dataset]["model"], header or {}
+    name = name or header.get("model") or preset.name
+    recorded = header if header.get("model", name) == name else {}
+    fallback = preset if name == preset.name else ModelConfig(name)
+
+    def pick(key: str, given):
+        return next((v for v in (given, recorded.get(key), getattr(fallback, key)) if v is not None), None)
+
+    return ModelConfig(name, pick("width", width), pick("depth", depth), pick("init", init))
 
 
 def with_preset(dataset: str, **overrides) -> dict:

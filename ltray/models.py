@@ -87,12 +87,20 @@ def _resnet18(in_channels: int, num_classes: int, image_size: int, width: int) -
     return model
 
 
+def check_model(name: str, external: bool = True) -> None:
+    """The one check of a model name: one of ltray's MODELS or, with `external`, a NAME:factory name (checked
+    when built: torchvision:NAME, package.module:factory)."""
+    if name in MODELS or (external and ":" in name):
+        return
+    known = ", ".join(MODELS) + (", torchvision:NAME, package.module:factory" if external else "")
+    raise LtrayError(f"unknown model {name!r}; known: {known}")
+
+
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
                 width: int | None = None, seed: int = 0, depth: int = 1, init: str = "default") -> nn.Module:
     """A freshly initialised model; the same arguments and seed give bit-identical parameters.
     `depth` (number of hidden layers) applies to the MLP only; `init` is one of INITS."""
-    if name not in MODELS:
-        raise LtrayError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    check_model(name, external=False)
     width = DEFAULT_WIDTH[name] if width is None else width
     if width < 1 or num_classes < 1:
         raise LtrayError(f"model width and num_classes must be >= 1, got {width} and {num_classes}")
@@ -129,10 +137,8 @@ def resolve_model(name: str, num_classes: int = 10, in_channels: int = 1, image_
     given whichever of num_classes, in_channels and image_size it names (num_classes only when it takes
     **kwargs, as torchvision's builders do). Models other than ltray's get their permutation spec from
     ltray.core.autospec (spec_for). `width` and `depth` apply to ltray's models only; `init` to all (INITS)."""
+    check_model(name)
     if ":" not in name:
-        if name not in MODELS:
-            raise LtrayError(f"unknown model {name!r}; known: {', '.join(MODELS)}, torchvision:NAME, "
-                             "package.module:factory")
         return build_model(name, num_classes, in_channels, image_size, width, seed, depth, init)
     source, _, factory_name = name.partition(":")
     if width is not None:

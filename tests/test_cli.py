@@ -88,3 +88,37 @@ def test_wrong_architecture_and_damaged_trajectory_files(tmp_path, trained):
     result = ltray("transfer", *SMALL, "--trajectory", damaged, "--out", out)
     assert result.returncode == 2 and "corrupted" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "transfer", "ensemble", "sweep"])
+def test_every_command_resolves_the_model_the_same_way(command, trained, tmp_path):
+    """Flags first, then a given trajectory's header, then the dataset's preset, whose width is its own model's
+    only: an MLP asked for on CIFAR-10 gets the MLP's default width, not Conv8's 64."""
+    from argparse import Namespace
+
+    from ltray.cli import build_parser
+    from ltray.cli.args import configs_from_args
+    from ltray.config import ModelConfig
+
+    def model(*args):
+        parsed = vars(build_parser().parse_args([command, *map(str, args), "--out", str(tmp_path)]))
+        return configs_from_args(Namespace(**{k: v for k, v in parsed.items() if k != "T"}))[1]
+
+    assert model("--dataset", "cifar10") == ModelConfig("conv8", 64)
+    assert model("--dataset", "cifar10", "--model", "mlp") == ModelConfig("mlp", None)
+    assert model("--model", "conv8", "--init", "kaiming") == ModelConfig("conv8", None, 1, "kaiming")
+    assert model("--model", "mlp", "--width", "8", "--depth", "2") == ModelConfig("mlp", 8, 2)
+    if command != "train":      # the file's header (an mlp of width 32), under the flags
+        assert model("--trajectory", trained) == ModelConfig("mlp", 32)
+        assert model("--dataset", "cifar10", "--trajectory", trained) == ModelConfig("mlp", 32)
+        assert model("--trajectory", trained, "--width", "24") == ModelConfig("mlp", 24)
+        assert model("--trajectory", trained, "--model", "conv8") == ModelConfig("conv8", None)
+
+
+def test_landscape_reads_a_point_header_like_the_other_commands():
+    from ltray.config import ModelConfig, model_config
+
+    header = {"model": "mlp", "width": 32, "depth": 2, "init": "kaiming"}
+    assert model_config("digits", header=header) == ModelConfig("mlp", 32, 2, "kaiming")
+    assert model_config("cifar10", header={"width": 16}) == ModelConfig("conv8", 16)    # a header without a model
+    assert model_config("cifar10", "resnet18", header=header) == ModelConfig("resnet18", None)

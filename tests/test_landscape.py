@@ -147,6 +147,7 @@ def test_landscape_command_writes_a_path_and_a_plane(tmp_path, files, capsys, di
 
 @pytest.mark.parametrize("case, match", [
     ("arch", "different architectures"),
+    ("model", "tensor 'fc1.weight' has shape [64, 64] in the model but [32, 64] in the points"),
     ("grid", "--grid must be at least 2"),
     ("missing", "does not exist"),
     ("index", "checkpoints 0..3"),
@@ -157,6 +158,7 @@ def test_landscape_bad_input_is_one_line_and_leaves_no_output(tmp_path, files, c
     args = {"arch": [files["a"], files["wide"]],
             "grid": [files["a"], files["b"], "--grid", "1"],
             "missing": [files["a"], str(tmp_path / "nope.safetensors")],
+            "model": [files["a"], files["b"], "--width", "64"],       # the header's 32, overridden
             "index": [files["a"], f"{files['b']}@9"],
             "count": [files["a"]]}[case]
     assert main(["landscape", *args, "--out", str(out)]) == 2

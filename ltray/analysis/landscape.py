@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..core.functional import evaluate, reset_bn_stats
-from ..core.trajectory import State
+from ..core.trajectory import Layout, State
 from ..data import Split
 from ..errors import LtrayError
 from ..models import has_batchnorm
@@ -30,21 +30,11 @@ from ..models import has_batchnorm
 
 # ---- pure functions over state dicts -------------------------------------------------------------------
 
-def architecture_mismatch(a: State, b: State) -> str | None:
-    """None when a and b hold the same tensor names and shapes, else the first difference in a few words."""
-    if set(a) != set(b):
-        return f"tensor {sorted(set(a) ^ set(b))[0]!r} is in only one"
-    for k, v in a.items():
-        if tuple(b[k].shape) != tuple(v.shape):
-            return f"tensor {k!r} has shape {list(v.shape)} vs {list(b[k].shape)}"
-    return None
-
-
 def check_same_architecture(points: Mapping[str, State]) -> None:
     """A one-line LtrayError unless every point holds the same tensor names and shapes as the first."""
     (first, ref), *rest = points.items()
     for name, state in rest:
-        problem = architecture_mismatch(ref, state)
+        problem = Layout.of(ref).describe_mismatch(Layout.of(state), f"in {first}", f"in {name}")
         if problem:
             raise LtrayError(f"points {first} and {name} are different architectures ({problem})")
 

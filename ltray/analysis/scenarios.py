@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import METHODS, DataConfig, FinetuneConfig, ModelConfig, TrainConfig, TransferConfig
+from ..config import METHODS, DataConfig, FinetuneConfig, ModelConfig, TrainConfig, TransferConfig, check_names
 from ..core.functional import evaluate
 from ..core.symmetry import apply_permutation
 from ..core.trajectory import State, Trajectory, load_trajectory, save_trajectory
@@ -145,9 +145,7 @@ def transfer_all(scenario: Scenario, data: Data, source: Trajectory, target: Tra
     the pair). The Oracle matches against target.state(-1); its transfer seconds include that training.
     With `cache`, each method's result is kept there (keyed by scenario, method and seeds) and reused, so the
     analyses that start from the same transfers do not recompute them."""
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise LtrayError(f"unknown transfer method {bad[0]!r}; known: {', '.join(METHODS)}")
+    check_names(methods=methods)
     seed_source, seed_target = int(source.meta["seed"]), int(target.meta["seed"])
     model = scenario.model.build(data.task, seed_target).to(device)
     check_trajectory(source, model, "source trajectory")

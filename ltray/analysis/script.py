@@ -34,12 +34,11 @@ def preset(kind: str, smoke: bool, data_root: str | None = None, width: int | No
     `lr` replaces the learning rate of the source trajectory's training (the fine-tuning, if pre-trained);
     `model` (mlp, conv8, conv8bn, resnet18) and `dataset` (mnist, or the bundled digits) change what the full
     runs train, with the same recipe; `task_pixels` ("permuted") the pre-trained scenario's task."""
-    from ..models import DEFAULT_WIDTH, MODELS
+    from ..models import DEFAULT_WIDTH, check_model
 
     if kind not in ("random", "pretrained"):
         raise LtrayError(f"unknown scenario {kind!r}; known: random, pretrained")
-    if model not in MODELS:
-        raise LtrayError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    check_model(model, external=False)
     if dataset not in ("mnist", "digits"):
         raise LtrayError(f"the analyses run on mnist or digits, not {dataset!r}")
     width = width or (64 if smoke and model == "mlp" else DEFAULT_WIDTH[model])
@@ -94,12 +93,8 @@ class Experiment:
     """Parsed arguments, the scenario, its data and the seed pairs of one script run."""
 
     def __init__(self, args: argparse.Namespace, name: str):
-        from ..lap import SOLVERS
-
         if args.seeds is not None and args.seeds < 1:
             raise LtrayError(f"--seeds must be >= 1, got {args.seeds}")
-        if args.solver not in SOLVERS:
-            raise LtrayError(f"unknown assignment solver {args.solver!r}; known: {', '.join(SOLVERS)}")
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise LtrayError(f"--out {out} exists and is not a directory")

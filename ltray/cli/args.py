@@ -37,13 +37,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and source training (defaults: the dataset's paper preset)")
+    g = p.add_argument_group("model and source training (defaults: a given trajectory's header, else the dataset's "
+                             "paper preset)")
     g.add_argument("--model", default=None, help="mlp, conv8, conv8bn (with BatchNorm), resnet18, torchvision:NAME "
                    "(e.g. torchvision:resnet34; "
                    "random weights, its stem made for the data's channels) or package.module:factory (your own); "
                    "other models than ltray's get a permutation spec traced and verified by ltray.core.autospec")
     g.add_argument("--width", type=positive_int, default=None, help="hidden width (mlp) / base channels (conv8)")
-    g.add_argument("--depth", type=positive_int, default=1, help="hidden layers of the mlp (default 1: 2-MLP)")
+    g.add_argument("--depth", type=positive_int, default=None, help="hidden layers of the mlp (default 1: 2-MLP)")
     g.add_argument("--init", default=None, help="initialisation: default (PyTorch's) or kaiming (He: normal, "
                    "std sqrt(2/fan_in), zero biases; Conv8 without BatchNorm needs it to train on MNIST)")
     g.add_argument("--epochs", type=positive_int, default=None)
@@ -69,17 +70,17 @@ def add_transfer_args(p: argparse.ArgumentParser) -> None:
                    "fastlap, auction, auction-eps (see ltray.lap)")
 
 
-def configs_from_args(args: argparse.Namespace):
-    """(DataConfig, ModelConfig, TrainConfig, TransferConfig) from parsed arguments and the dataset preset."""
-    from ..config import DataConfig, ModelConfig, TransferConfig, check_names, with_preset
+def configs_from_args(args: argparse.Namespace, methods: tuple[str, ...] = ()):
+    """(DataConfig, ModelConfig, TrainConfig, TransferConfig) from parsed arguments and the dataset preset,
+    with every name among them (and `methods`) checked first."""
+    from ..config import DataConfig, TransferConfig, check_names, model_config, with_preset
 
-    check_names(args.dataset, args.model, init=getattr(args, "init", None))
-    model = {"name": args.model, "width": args.width, "depth": args.depth, "init": getattr(args, "init", None)}
+    check_names(args.dataset, args.model, methods, getattr(args, "init", None))
     train = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.train_batch_size, "momentum": args.momentum,
              "weight_decay": args.weight_decay, "cosine": args.cosine, "warmup_epochs": args.warmup_epochs}
-    preset = with_preset(args.dataset, model=model, train=train)
-    if args.model and args.model != "mlp" and args.width is None:  # another model: its own default width
-        preset["model"] = ModelConfig(args.model, None, args.depth, getattr(args, "init", None) or "default")
+    preset = with_preset(args.dataset, train=train)
+    model_cfg = model_config(args.dataset, args.model, args.width, args.depth, getattr(args, "init", None),
+                             trajectory_header(getattr(args, "trajectory", None)))
     data_cfg = DataConfig(args.dataset, args.data_root, args.download, args.classes, args.max_train)
     transfer_cfg = None
     if hasattr(args, "T"):
@@ -90,7 +91,14 @@ def configs_from_args(args: argparse.Namespace):
             loader_batch_size=args.loader_batch_size,
             bn_samples=args.bn_samples if args.bn_samples is not None else preset.get("bn_samples", 256),
             solver=args.solver)
-    return data_cfg, preset["model"], preset["train"], transfer_cfg
+    return data_cfg, model_cfg, preset["train"], transfer_cfg
+
+
+def trajectory_header(path: str | None) -> dict | None:
+    """The header of a given trajectory file (what its source was trained as), or None without one."""
+    from ..core.trajectory import load_trajectory
+
+    return load_trajectory(path, lazy=True).meta if path else None
 
 
 def check_out_dir(out: str, outputs: tuple[tuple[str, object], ...] = ()) -> Path:

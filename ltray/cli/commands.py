@@ -23,7 +23,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from ..config import check_names
     from ..core.trajectory import load_trajectory
     from ..results import TRANSFER_SCHEMA, config_hash, summarise, write_parquet
     from ..runs import check_transfer, default_device, pair_rows, train_source
@@ -31,8 +30,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if not methods:
         raise LtrayError("--methods is empty; choose from naive, oracle, gmt, fgmt")
-    check_names(args.dataset, args.model, methods)
-    data_cfg, model_cfg, train_cfg, transfer_cfg = configs_from_args(args)
+    data_cfg, model_cfg, train_cfg, transfer_cfg = configs_from_args(args, methods)
     out = check_out_dir(args.out, (("transfer.parquet", TRANSFER_SCHEMA),))
     use_ray = args.ray if args.ray is not None else (args.seeds > 1 or args.address is not None)
     if use_ray:
@@ -74,11 +72,10 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 def cmd_landscape(args: argparse.Namespace) -> None:
     import os
 
-    from ..analysis.landscape import (Evaluator, architecture_mismatch, check_same_architecture, linear_path,
-                                      load_point, plane_surface)
+    from ..analysis.landscape import Evaluator, check_same_architecture, linear_path, load_point, plane_surface
     from ..analysis.plots import path_figure, plane_figure, save_figure
-    from ..config import DataConfig, ModelConfig, check_names, with_preset
-    from ..core.trajectory import atomic_path
+    from ..config import DataConfig, check_names, model_config
+    from ..core.trajectory import Layout, atomic_path
     from ..results import PATH_SCHEMA, PLANE_SCHEMA, config_hash, provenance, write_parquet
     from ..runs import default_device
 
@@ -99,17 +96,15 @@ def cmd_landscape(args: argparse.Namespace) -> None:
     points = {name: state for name, (state, _) in zip(labels, loaded)}
     check_same_architecture(points)
     header = loaded[0][1]
-    preset = with_preset(args.dataset)["model"]
-    name = args.model or header.get("model") or preset.name
-    width = args.width or header.get("width") or (preset.width if name == preset.name else None)  # None: its own
-    model_cfg = ModelConfig(name, width, args.depth or header.get("depth") or 1)
+    model_cfg = model_config(args.dataset, args.model, args.width, args.depth, header=header)
     data_cfg = DataConfig(args.dataset, args.data_root, args.download, args.classes, args.max_train)
     data = data_cfg.load()
     model = model_cfg.build(data, 0)
-    problem = architecture_mismatch(model.state_dict(), points[labels[0]])
+    problem = Layout.of(model.state_dict()).describe_mismatch(Layout.of(points[labels[0]]), "in the model",
+                                                              "in the points")
     if problem:
         raise LtrayError(f"the points do not fit {model_cfg.name} width {model_cfg.width} on {args.dataset} "
-                         f"(model vs points: {problem}); pass --model/--width/--depth")
+                         f"({problem}); pass --model/--width/--depth")
     device = args.device or default_device()
     points = {k: {n: t.to(device) for n, t in s.items()} for k, s in points.items()}
     evaluator = Evaluator(model.to(device), getattr(data, args.split), data.train, args.bn_samples)

@@ -68,15 +68,17 @@ class Layout:
             i += n
         return out
 
-    def describe_mismatch(self, other: "Layout") -> str | None:
-        """None when both layouts hold the same tensors, else a short description of the first difference."""
+    def describe_mismatch(self, other: "Layout", here: str = "here", there: str = "in the model") -> str | None:
+        """None when both layouts hold the same tensor names and shapes, else a short description of the first
+        difference: the one architecture check (a trajectory against a model, landscape points against each
+        other and the model). `here` and `there` name where self's and other's shapes are."""
         if set(self.names) != set(other.names):
             extra = sorted(set(self.names) ^ set(other.names))
             return f"tensor names differ (e.g. {extra[0]!r})"
         mine = dict(zip(self.names, self.shapes))
         for k, s in zip(other.names, other.shapes):
             if mine[k] != s:
-                return f"tensor {k!r} has shape {list(mine[k])} here but {list(s)} in the model"
+                return f"tensor {k!r} has shape {list(mine[k])} {here} but {list(s)} {there}"
         return None
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import METHODS, TransferConfig
+from ..config import METHODS, TransferConfig, check_names
 from ..data import DataBundle, batches
 from ..errors import LtrayError
 from ..models import has_batchnorm
@@ -195,8 +195,7 @@ def transfer(method: str, model: nn.Module, spec: PermutationSpec, source: Seque
     `seed` fixes the gradient mini-batches and the coordinate-descent order; `extra_seconds` is work spent
     before the transfer that belongs to its cost (the oracle's target training) and is added to `seconds`.
     """
-    if method not in METHOD_FNS:
-        raise LtrayError(f"unknown transfer method {method!r}; known: {', '.join(METHODS)}")
+    check_names(methods=(method,))
     if len(source) != cfg.T + 1:
         raise LtrayError(f"source trajectory has {len(source) - 1} steps but T={cfg.T}")
     ctx = TransferContext(model, spec, source, theta2_0, data, cfg, seed, target_final)

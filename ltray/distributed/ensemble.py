@@ -30,7 +30,7 @@ from ..ensemble.recipe import Recipe, Unit, assemble, check, format_table, plan,
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
     from ..cli.args import check_out_dir, configs_from_args
-    from ..config import FinetuneConfig, check_names
+    from ..config import FinetuneConfig
     from ..core.trajectory import load_trajectory
     from ..ensemble.members import load_unit
     from ..results import ENSEMBLE_SCHEMA, MEMBERS_SCHEMA, config_hash
@@ -38,8 +38,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     from . import engine
 
     methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
-    check_names(args.dataset, args.model, methods or ("",))
-    data_cfg, model_cfg, train_cfg, transfer_cfg = configs_from_args(args)
+    data_cfg, model_cfg, train_cfg, transfer_cfg = configs_from_args(args, methods or ("",))
     given = load_trajectory(args.trajectory, lazy=True) if args.trajectory else None
     if given is not None:   # full and snapshot members train with the given source's recipe, as long as it did
         train_cfg = replace(recorded_recipe(given, train_cfg), epochs=given.epochs[-1])

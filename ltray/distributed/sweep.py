@@ -167,17 +167,14 @@ def trial(config: dict, data, source, setup: dict) -> None:
 def _setup_from_args(args: argparse.Namespace) -> dict:
     """Everything a sweep is, validated, as plain JSON-able data (saved in DIR/sweep.json for --resume)."""
     from ..cli.args import configs_from_args
-    from ..config import PRESETS, TransferConfig, check_names
-    from ..lap import SOLVERS
+    from ..config import PRESETS, TransferConfig
 
     if args.objective not in SWEEP_OBJECTIVES:
         raise LtrayError(f"unknown objective {args.objective!r}; known: {', '.join(SWEEP_OBJECTIVES)}")
-    if args.solver not in SOLVERS:
-        raise LtrayError(f"unknown assignment solver {args.solver!r}; known: {', '.join(SOLVERS)}")
-    check_names(args.dataset, args.model)
     space = SearchSpace.parse(args.space, T=args.T, batch_size=args.batch_size, schedule=args.schedule,
                               method=args.method, finetune_lr=args.finetune_lr)
-    # without "T", configs_from_args leaves the transfer config to us (the flags here are lists of choices)
+    # without "T", configs_from_args leaves the transfer config to us (the flags here are lists of choices); it
+    # checks the names, and TransferConfig the solver
     data_cfg, model_cfg, train_cfg, _ = configs_from_args(argparse.Namespace(**{
         k: v for k, v in vars(args).items() if k != "T"}))
     bn = args.bn_samples or PRESETS[args.dataset].get("bn_samples", 256)

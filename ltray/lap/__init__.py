@@ -112,16 +112,20 @@ SOLVERS = {"scipy": solve_scipy, "auction": _auction, "auction-eps": _auction_ep
            "auction-eps-torch": functools.partial(_auction_eps, backend="torch")}
 
 
+def check_solver(solver: str) -> None:
+    """The one check of a solver name (TransferConfig and solve_assignment call it)."""
+    if solver not in SOLVERS:
+        raise LtrayError(f"unknown assignment solver {solver!r}; known: {', '.join(SOLVERS)}")
+
+
 def solve_assignment(score: torch.Tensor, solver: str = "auto", warm: Assignment | None = None,
                      *, eps: float | None = None) -> Assignment:
     """Maximise sum_i score[i, perm[i]].  ``eps`` is the final epsilon of ``"auction-eps"`` only."""
     if not isinstance(score, torch.Tensor) or score.ndim != 2 or score.shape[0] != score.shape[1]:
         shape = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
         raise LtrayError(f"assignment needs a square score matrix, got shape {shape}")
-    try:
-        fn = SOLVERS[solver]
-    except KeyError:
-        raise LtrayError(f"unknown assignment solver {solver!r}; known: {', '.join(SOLVERS)}") from None
+    check_solver(solver)
+    fn = SOLVERS[solver]
     if eps is not None:
         if not solver.startswith("auction-eps"):
             raise LtrayError(f"eps only applies to the 'auction-eps' solvers, not {solver!r}")
