@@ -120,7 +120,7 @@ def part_transfers(args) -> dict:
     for threads in baseline:
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        local[threads] = [engine.run_local(pair_rows, data, source=source, seed_target=s, **job) for s in seeds]
+        local[threads] = [pair_rows(data, device="cpu", source=source, seed_target=s, **job) for s in seeds]
         record[f"sequential_{threads}thread_s"] = time.perf_counter() - t0
     record["sequential_s"] = min(record[f"sequential_{t}thread_s"] for t in baseline)
 
@@ -356,7 +356,7 @@ def part_finetune(args) -> dict:
     torch.set_num_threads(1)
     with engine.session(args.workers):
         data_ref = engine.put_data(data)
-        run = {"process": lambda kind: engine.run_local(one_epoch, data, kind=kind, **job),
+        run = {"process": lambda kind: one_epoch(data, device="cpu", kind=kind, **job),
                "ray": lambda kind: ray.get(engine.submit(one_epoch, data_ref, engine.Resources(1), kind=kind,
                                                          **job)).value}
         for where, kind in seconds:  # warm-up: first calls allocate and load what later ones reuse
@@ -412,15 +412,27 @@ def part_latency(args) -> dict:
                 f" n = {len(firsts)})")
 
 
+def _bench_step():
+    """bench_step.py beside this file, loaded by its path (the benchmarks are scripts, not a package), so that
+    importing this one needs nothing on sys.path but the installed ltray."""
+    import importlib.util
+
+    if "bench_step" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_step", Path(__file__).with_name("bench_step.py"))
+        sys.modules["bench_step"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["bench_step"])
+    return sys.modules["bench_step"]
+
+
 def part_conv8(args) -> dict:
     """One FGMT transfer of Conv8 on CIFAR-shaped synthetic data (bench_step's), on --device, --repeats times
     (the first includes loading kernels); the source is theta^0 -> theta^0 + noise, nothing is trained."""
-    from bench_step import synthetic_cifar, synthetic_source  # this script's folder is on sys.path
     from ltray import spec_for, transfer
 
+    bench_step = _bench_step()
     batch = PRESETS["cifar10"].get("batch_size", 256)
-    data = synthetic_cifar(max(batch * args.T, 2560), args.val)
-    model, layout, source, target = synthetic_source("conv8", args.width, args.device)
+    data = bench_step.synthetic_cifar(max(batch * args.T, 2560), args.val)
+    model, layout, source, target = bench_step.synthetic_source("conv8", args.width, args.device)
     cfg = TransferConfig(T=args.T, batch_size=batch, solver=args.solver)
     base = dict(part="conv8", device=args.device, width=args.width, T=args.T, B=batch, val=args.val,
                 params=layout.size, solver=args.solver)

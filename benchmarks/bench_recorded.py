@@ -57,7 +57,7 @@ def main() -> None:
     args = p.parse_args()
     if args.smoke:
         args.width, args.epochs, args.T = 64, 2, 3
-    solvers = ["scipy", "auction", "auction-torch"] + (["fastlap"] if lap._has_fastlap() else [])
+    solvers = ["scipy", "auction", "auction-torch"] + (["fastlap"] if lap.has_fastlap() else [])
     chained = ["auction", "auction-torch"]
     rows, warm = [], dict.fromkeys(chained)
     for step, path in enumerate(record(args), 1):

@@ -16,6 +16,8 @@ set -uo pipefail
 out=${OUT:-runs/gpu-check}
 device=${GPU_CHECK_DEVICE:-cuda}
 mkdir -p "$out"
+# A lent machine is bare: it has ltray's dependencies but no installed ltray, so the checkout stands in for the
+# install (the benchmarks themselves import the package only; where ltray is installed this changes nothing).
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0   # a private local Ray
 py=python3

@@ -4,7 +4,7 @@ the ensemble builder and the analyses all go through it."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -127,7 +127,6 @@ class PairOutcome:
     results: dict[str, TransferResult]
     source_train_seconds: float
     target_train_seconds: float = 0.0
-    extras: dict = field(default_factory=dict)
 
 
 def transfer_pair(data: DataBundle, model_cfg: ModelConfig, train_cfg: TrainConfig, transfer_cfg: TransferConfig,

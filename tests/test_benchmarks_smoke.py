@@ -10,8 +10,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
-def bench_ray(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))   # as when run as a script: bench_step is importable
+def bench_ray():
     spec = importlib.util.spec_from_file_location("bench_ray", BENCHMARKS / "bench_ray.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,4 +1,4 @@
-"""ltray.engine on a real local Ray (the session-wide `ray_session` cluster: 2 CPUs, no dashboard)."""
+"""ltray.distributed.engine on a real local Ray (the session-wide `ray_session` cluster: 2 CPUs, no dashboard)."""
 import json
 import os
 import subprocess
@@ -69,7 +69,6 @@ def test_tasks_read_one_stored_copy_of_a_trajectory(ray_session, digits):
                       {"seed": 0})
     store, data_ref = engine.TrajectoryStore(), engine.put_data(digits)
     ref = store.put("big", traj)
-    assert store.names() == ["big"]
     readers = [engine.submit(read_trajectory, data_ref, engine.Resources(1), source=ref, copy=False) for _ in range(4)]
     shared = [out.value for out in ray.get(readers)]
     copied = ray.get(engine.submit(read_trajectory, data_ref, engine.Resources(1), source=ref, copy=True)).value
@@ -79,25 +78,6 @@ def test_tasks_read_one_stored_copy_of_a_trajectory(ray_session, digits):
     # four readers together add less private memory than a tenth of one copy; one real copy adds a whole one
     assert sum(r["grown"] for r in shared) < 0.1 * size, [r["grown"] for r in shared]
     assert copied["grown"] > 0.9 * size
-    store.drop("big")
-
-
-def test_store_loads_a_trajectory_file_and_names_what_it_holds(ray_session, source, tmp_path):
-    import ray
-
-    from ltray.core.trajectory import save_trajectory
-
-    path = tmp_path / "source.safetensors"
-    save_trajectory(source, path)
-    store = engine.TrajectoryStore()
-    ref = store.load("from-file", path)
-    loaded = ray.get(ref)
-    assert np.array_equal(loaded.checkpoints, source.checkpoints) and loaded.layout == source.layout
-    assert store.get("from-file") == ref
-    with pytest.raises(LtrayError, match="no trajectory named 'other'.*from-file"):
-        store.get("other")
-    store.drop("from-file")
-    assert store.names() == []
 
 
 # ---- tasks, fan-out, errors ------------------------------------------------------------------------------------
@@ -122,7 +102,7 @@ def test_ray_fan_out_gives_the_in_process_numbers(ray_session, digits, source):
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)  # what each task used
     try:
-        local = [row for s in seeds for row in engine.run_local(pair_rows, digits, source=source, seed_target=s, **_job())]
+        local = [row for s in seeds for row in pair_rows(digits, device="cpu", source=source, seed_target=s, **_job())]
     finally:
         torch.set_num_threads(threads_before)
     remote = [row for _, out in got for row in out.value]
@@ -244,7 +224,7 @@ TWO_NODES = textwrap.dedent("""
     got = dict(engine.fan_out(lambda s: engine.submit(pair_rows, data_ref, engine.Resources(1), source=ref,
                                                       seed_target=s, **job), seeds, 2, progress=False))
     torch.set_num_threads(1)
-    local = {s: engine.run_local(pair_rows, data, source=source, seed_target=s, **job) for s in seeds}
+    local = {s: pair_rows(data, device="cpu", source=source, seed_target=s, **job) for s in seeds}
     acc = lambda rows: [(r["t"], r["val_acc"], round(r["val_loss"], 5)) for r in rows]
     print(json.dumps({"nodes": len({o.node_id for o in got.values()}), "cluster_nodes": len(ray.nodes()),
                       "same": all(acc(got[s].value) == acc(local[s]) for s in seeds)}))

@@ -27,7 +27,7 @@ import torch
 from ray.exceptions import RayTaskError
 from tqdm.auto import tqdm
 
-from ..core.trajectory import Trajectory, load_trajectory
+from ..core.trajectory import Trajectory
 from ..data import DataBundle, Split
 from ..errors import LtrayError
 
@@ -85,7 +85,7 @@ def start(num_cpus: int | None = None, address: str | None = None) -> bool:
 
             from .reaper import watch
 
-            _reaper = watch([])   # the embedded Ray is ours: it goes when this process goes, however it ends
+            _reaper = watch()   # the embedded Ray is ours: it goes when this process goes, however it ends
             clusters = ray_constants.ENABLE_RAY_CLUSTER
             ray_constants.ENABLE_RAY_CLUSTER = False
             try:
@@ -195,27 +195,12 @@ class TrajectoryStore:
         self._refs[name] = ray.put(trajectory)
         return self._refs[name]
 
-    def load(self, name: str, path: str | os.PathLike) -> ray.ObjectRef:
-        """Load a trajectory file (on the driver's machine) and put it."""
-        return self.put(name, load_trajectory(path))
-
     def train(self, name: str, data: ray.ObjectRef, resources: Resources, **job) -> ray.ObjectRef:
         """Train a source in a task (`ltray.runs.train_source(**job)`); tasks given the ref wait for it."""
         from ..runs import train_source
 
         self._refs[name] = submit(train_source, data, resources, timed=False, progress=False, **job)
         return self._refs[name]
-
-    def get(self, name: str) -> ray.ObjectRef:
-        if name not in self._refs:
-            raise LtrayError(f"no trajectory named {name!r} in the store; it holds: {', '.join(self._refs)}")
-        return self._refs[name]
-
-    def names(self) -> list[str]:
-        return list(self._refs)
-
-    def drop(self, name: str) -> None:
-        self._refs.pop(name, None)
 
 
 # ---- tasks -----------------------------------------------------------------------------------------------
@@ -266,11 +251,6 @@ def submit(fn: Callable, data: ray.ObjectRef, resources: Resources, timed: bool 
     resolved by Ray before the task starts, zero-copy for numpy. `fn` must be importable on the workers."""
     remote = _run_timed if timed else _run
     return remote.options(**resources.options()).remote(fn, data, **kwargs)
-
-
-def run_local(fn: Callable, data: DataBundle, device: str = "cpu", **kwargs) -> Any:
-    """The in-process path: the same call a task makes, without Ray."""
-    return fn(data, device=device, **kwargs)
 
 
 def get(ref: ray.ObjectRef) -> Any:

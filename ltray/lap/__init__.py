@@ -63,7 +63,7 @@ import torch
 from ..errors import LtrayError
 from .auction import _auction_solve
 from .base import Assignment, AuctionState, solve_scipy  # noqa: F401  (the interface)
-from .fastlap import _fastlap, _has_fastlap  # noqa: F401
+from .fastlap import _fastlap, has_fastlap  # noqa: F401  (has_fastlap: public, for the benchmarks)
 
 class _CpuThreads:
     """Run the torch auction with one intra-op thread on the CPU.  Its rounds are many small tensor ops; with

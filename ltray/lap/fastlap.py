@@ -8,7 +8,8 @@ from ..errors import LtrayError
 from .base import Assignment, check_finite, solve_scipy
 
 
-def _has_fastlap() -> bool:
+def has_fastlap() -> bool:
+    """Whether the optional fastlap package is installed (solver "fastlap" runs only then)."""
     import importlib.util
 
     return importlib.util.find_spec("fastlap") is not None
