@@ -1,10 +1,10 @@
 """ltray: transferring learning trajectories of neural networks (Chijiwa et al., ICLR 2024).
 
 Layout: `ltray.core` (symmetry, matching, transfer, trajectories: pure torch), `ltray.lap` (assignment
-solvers), `ltray.models`, `ltray.data`, `ltray.training`, `ltray.config` (every configuration), `ltray.runs` (the
-unit of work), `ltray.results` (Parquet schemas), `ltray.metrics`, `ltray.ensemble` (ensembles by transfer),
-`ltray.analysis` (the paper's analyses and figures), `ltray.distributed` (Ray: the only modules that import
-it) and `ltray.cli`.
+solvers), `ltray.models`, `ltray.data`, `ltray.training`, `ltray.config` (a run's configuration, the presets and
+the name checks), `ltray.runs` (the unit of work), `ltray.results` (Parquet schemas), `ltray.metrics`,
+`ltray.ensemble` (ensembles by transfer), `ltray.analysis` (the paper's analyses and figures),
+`ltray.distributed` (Ray: the only modules that import it) and `ltray.cli`.
 
 The public API below is imported on first use (PEP 562), so `import ltray` and `ltray --help` do not load torch.
 """

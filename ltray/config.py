@@ -1,8 +1,12 @@
-"""Every configuration of ltray as a frozen dataclass with its defaults, and the per-dataset presets.
+"""The configuration of a run as frozen dataclasses with their defaults, the per-dataset presets, and the one
+check of each name (check_names) and resolution of the model (model_config) that every command uses.
 
 One concept, one class: data (DataConfig), model (ModelConfig), source training by SGD (TrainConfig),
 fine-tuning a transferred start, i.e. the paper's "subsequent training" (FinetuneConfig) and the transfer
 itself (TransferConfig). Each validates itself and raises a one-line LtrayError; the CLI maps flags onto them.
+Configurations of one command live with it: the ensemble's Recipe (ltray.ensemble.recipe), the sweep's
+SearchSpace (ltray.distributed.sweep), Ray's Resources (ltray.distributed.engine) and the analyses' Scenario
+(ltray.analysis.scenarios).
 """
 from __future__ import annotations
 
@@ -132,19 +136,21 @@ class TransferConfig:
         check_solver(self.solver)
 
 
-# Per dataset (paper Appendix B.3): the model, the source's training and T; `digits` is ltray's offline default.
-# `note` says where a preset departs from the paper.
+# Per dataset (paper Appendix B.3 where the paper uses the dataset): the model, the source's training and T;
+# `digits` is ltray's offline default. `note` says where a preset departs from the paper or is not in it.
 PRESETS: dict[str, dict] = {
     "digits": dict(model=ModelConfig("mlp", 512), train=TrainConfig(epochs=20, lr=0.1), T=10,
                    note="not in the paper: scikit-learn's bundled 8x8 digits, for offline runs"),
     "mnist": dict(model=ModelConfig("mlp", 4096), train=TrainConfig(epochs=10, lr=0.01), T=10),
-    "fashion-mnist": dict(model=ModelConfig("mlp", 4096), train=TrainConfig(epochs=10, lr=0.01), T=10),
+    "fashion-mnist": dict(model=ModelConfig("mlp", 4096), train=TrainConfig(epochs=10, lr=0.01), T=10,
+                          note="not in the paper: MNIST's recipe, on Fashion-MNIST"),
     "cifar10": dict(model=ModelConfig("conv8", 64),
                     train=TrainConfig(epochs=60, lr=0.05, weight_decay=1e-4, cosine=True), T=30, batch_size=256),
     "cifar100": dict(model=ModelConfig("conv8", 64),
                      train=TrainConfig(epochs=30, lr=0.05, weight_decay=1e-4, cosine=True), T=30,
-                     note="the paper fine-tunes a Conv8 pre-trained on CIFAR-10; this preset trains from a random "
-                          "initialisation (the pre-trained scenario: ltray.analysis.pretrained)"),
+                     note="the paper fine-tunes a Conv8 pre-trained on CIFAR-10 on a 10-class subset of CIFAR-100; "
+                          "this preset trains from a random initialisation on all 100 classes unless --classes "
+                          "picks a subset (the pre-trained scenario: ltray.analysis.pretrained)"),
     "imagefolder": dict(model=ModelConfig("resnet18", 64),
                         train=TrainConfig(epochs=30, lr=0.1, weight_decay=1e-4, cosine=True), T=30,
                         batch_size=1280, bn_samples=256,

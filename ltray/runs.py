@@ -1,6 +1,7 @@
 """The one unit of work: train a source, and transfer it to one target initialisation with every requested
-method (`transfer_pair`), as TransferResults or as TRANSFER_SCHEMA rows (`pair_rows`). The CLI, the Ray tasks,
-the ensemble builder and the analyses all go through it."""
+method (`transfer_pair`), as TransferResults or as TRANSFER_SCHEMA rows (`pair_rows`). `ltray transfer` (in
+process and as Ray tasks), the ensemble's and the sweep's transfers and several experiments go through it; the
+analyses (ltray.analysis.scenarios) still run their own transfers, sharing its checks, spec cache and rows."""
 from __future__ import annotations
 
 import time

@@ -1,5 +1,7 @@
-"""The commands that need no Ray unless asked: train, transfer, landscape, check-cluster. Each validates its
-input before any work and writes its outputs atomically; heavy modules are imported inside the command."""
+"""The commands that start no Ray unless asked: train, transfer (Ray with --ray, several seeds or --address),
+landscape, and check-cluster (which imports the ray package for Ray's own config checks but starts nothing).
+Each validates its input before any work and writes its outputs atomically; heavy modules are imported inside
+the command."""
 from __future__ import annotations
 
 import argparse
