@@ -80,6 +80,9 @@ CASES = [
     (["landscape", "{good}", "{good}@0", "--labels", "a,a"], "--labels needs 2 distinct names"),
     (["landscape", "{good}", "{good}@9"], "trajectory has checkpoints 0..2"),
     (["check-cluster", "{cluster}"], "is not valid YAML"),
+    (["spec", "vgg"], "unknown model 'vgg'"),
+    (["spec", "torchvision:nope"], "unknown torchvision model 'nope'"),
+    (["spec", "mlp", "--width", "0"], "argument --width: must be >= 1"),
 ]
 
 
@@ -88,7 +91,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(argv, message, files, 
     names = dict(files, missing=tmp_path / "missing.safetensors")
     argv = [a.format(**names) for a in argv]
     given_out = "--out" in argv
-    if not given_out and argv[0] != "check-cluster":
+    if not given_out and argv[0] not in ("check-cluster", "spec"):   # commands that write nothing
         argv += ["--out", str(tmp_path / "out")]
     before = {p: p.stat().st_mtime_ns for p in files["foreign"].iterdir()}
     assert main(argv) == 2

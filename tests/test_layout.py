@@ -103,6 +103,8 @@ def test_no_module_is_much_over_400_lines():
 
 @pytest.mark.parametrize("argv", [
     ["train", "--help"],
+    ["spec", "--help"],
+    ["spec", "mlp", "--width", "8", "--in-channels", "1", "--image-size", "4"],
     ["train", "--width", "8", "--epochs", "1", "--no-progress", "--out", "{tmp}/train"],
     ["transfer", "--width", "8", "--epochs", "1", "--T", "1", "--methods", "naive", "--seeds", "1", "--no-progress",
      "--out", "{tmp}/transfer"],

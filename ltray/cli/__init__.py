@@ -1,4 +1,4 @@
-"""`ltray` command line (also `python -m ltray`): train, transfer, ensemble, sweep, landscape, check-cluster.
+"""`ltray` command line (also `python -m ltray`): train, transfer, ensemble, sweep, landscape, spec, check-cluster.
 
 Every command validates its input before any work, reports bad input as one line on stderr with exit
 status 2, and publishes outputs atomically, so a failed run leaves nothing half-written. Parsers are built
@@ -17,6 +17,7 @@ import threading
 from ..errors import LtrayError
 from .args import (add_data_args, add_ensemble_args, add_landscape_args, add_model_args, add_ray_args,
                    add_sweep_args, add_transfer_args, positive_int)
+from .spec import add_spec_args
 
 def _train(p: argparse.ArgumentParser) -> None:
     add_data_args(p); add_model_args(p)
@@ -65,6 +66,9 @@ COMMANDS = {
               " (continue with --resume)"),
     "landscape": (add_landscape_args, "ltray.cli.commands:cmd_landscape",
                   "loss along the line between 2 parameters (and its barrier), or on the plane through 3", ""),
+    "spec": (add_spec_args, "ltray.cli.spec:cmd_spec",
+             "a model's permutation groups, the share of its parameters they move, and the ops that froze the rest",
+             ""),
     "check-cluster": (_check_cluster, "ltray.cli.commands:cmd_check_cluster",
                       "validate a `ray up` cluster YAML offline (Ray's own checks)", ""),
 }

@@ -22,7 +22,12 @@ Label = list[tuple[int, int]]   # one tensor axis: segments (var, block)
 
 
 class FrozenAxesWarning(UserWarning):
-    """An op without a permutation rule fixed the permutation groups it touched."""
+    """An op without a permutation rule fixed the permutation groups it touched: `where` names the call,
+    `why` says what it does, `groups` are the groups it fixed (as data, for ltray.core.spec_report)."""
+
+    def __init__(self, message: str, where: str = "", why: str = "", groups: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.where, self.why, self.groups = where, why, groups
 
 
 class _NoRule(Exception):
@@ -163,7 +168,8 @@ class Labeller:
     def freeze(self, labels: list[Label], why: str) -> None:
         names = sorted({n for label in labels for v, _ in label if (n := self.g.freeze(v))})
         if names:
-            warnings.warn(f"autospec: {self.where} {why}; froze {', '.join(names)}", FrozenAxesWarning)
+            warnings.warn(FrozenAxesWarning(f"autospec: {self.where} {why}; froze {', '.join(names)}", self.where,
+                                            why, tuple(names)))
 
     def name_for(self, weight: torch.Tensor) -> str:
         key = self.keys.get(id(weight))
