@@ -18,10 +18,14 @@ def _planted(name, **kw):
 
 @pytest.mark.parametrize("name,kw", [("mlp", dict(image_size=8, width=64)),
                                      ("mlp", dict(image_size=8, width=32, depth=3)),
-                                     ("conv8", dict(in_channels=3, image_size=32, width=8))])
+                                     ("conv8", dict(in_channels=3, image_size=32, width=8)),
+                                     ("conv8bn", dict(in_channels=3, image_size=32, width=8))])
 def test_weight_matching_recovers_a_planted_permutation(name, kw):
     spec, state, perm, permuted = _planted(name, **kw)
     found = ltray.weight_matching(spec, permuted, state, seed=0)
+    m = Matcher(spec)
+    m.add_pair(permuted, state)
+    assert m.objective(found) >= m.objective(perm) - 1e-9 * abs(m.objective(perm))
     assert all(torch.equal(found[g], perm[g]) for g in perm)
 
 

@@ -116,8 +116,34 @@ class Matcher:
         return total
 
     def solve(self, init: Permutation | None = None, seed: int = 0, max_iter: int = 100) -> Permutation:
-        """Coordinate descent from `init` (default identity); returns a new permutation dict."""
-        perm = {g: p.clone() for g, p in (init or identity_permutation(self.spec)).items()}
+        """Coordinate descent from `init` (default identity) and, where groups are coupled, from `static_start()`;
+        returns the end point with the larger objective (a new permutation dict). The second start costs about
+        one more descent; it is what recovers a residual stream coupled to many layers (see static_start)."""
+        perm = self._descend({g: p.clone() for g, p in (init or identity_permutation(self.spec)).items()}, seed,
+                             max_iter)
+        if not self.coupled:   # the groups are independent: one sweep was the exact optimum
+            return perm
+        other = self._descend(self.static_start(), seed, max_iter)
+        return other if self.objective(other) > self.objective(perm) else perm
+
+    def static_start(self) -> Permutation:
+        """Each group's optimum for its single-axis tensors alone (`static`), then each group without such
+        evidence solved given those. Descent from the identity can stall where a group shared by many layers (a
+        residual stream) is scored mostly through tensors that also carry other groups: solved against the
+        identity, those groups come out wrong, and their wrong terms then outweigh the stream's own evidence
+        (a planted permutation through 8 pre-norm blocks stalls at 63 % of its objective). The stream's static
+        score does not depend on the other groups; for a planted permutation its optimum is the planted one."""
+        perm = identity_permutation(self.spec)
+        informed = {g for g, A in self.static.items() if bool(A.abs().max() > 0)}
+        for g in sorted(informed):
+            perm[g] = solve_assignment(self.static[g], self.solver).perm.cpu()
+        for g in sorted(set(self.spec.groups) - informed):
+            perm[g] = solve_assignment(self.score_matrix(g, perm), self.solver).perm.cpu()
+        return perm
+
+    def _descend(self, perm: Permutation, seed: int, max_iter: int) -> Permutation:
+        """Git Re-Basin coordinate descent: groups in a seeded order, each an assignment problem given the others,
+        until a sweep no longer improves (updates `perm` in place and returns it)."""
         groups = sorted(self.spec.groups)
         # Without coupled tensors the groups are independent: one sweep is the exact optimum.
         sweeps = max_iter if self.coupled else 1
@@ -138,7 +164,6 @@ class Matcher:
             if not improved:
                 break
         return perm
-
 
 def weight_matching(spec: PermutationSpec, target: Pair, source: Pair, seed: int = 0,
                     solver: str = "auto", max_iter: int = 100) -> Permutation:
