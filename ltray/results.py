@@ -41,9 +41,9 @@ MEMBERS_SCHEMA = pa.schema([
 # members), transferred. sources: independent training runs behind it. epochs: per member (fine-tuning epochs
 # for transferred, = finetune_epochs; the run's epochs for snapshot and checkpoint). finetune_* and T: the
 # transferred members' recipe (null for other kinds). seconds: the work that made
-# it: source_seconds (its source runs, each counted once) plus its members' own seconds; seconds_vs_full:
-# seconds / those of the full ensemble of the same size and repeat at the recipe's epochs (for a single
-# model: one full member).
+# it: source_seconds (its source runs, each counted once) plus its members' own seconds; x_full: seconds / those
+# of the M-member full ensemble of the same repeat at the recipe's epochs, for every row (a single model
+# included), so that every kind is on one scale (NaN without a full ensemble).
 ENSEMBLE_SCHEMA = pa.schema([
     *_ARCH, pa.field("repeat", pa.int64()), pa.field("kind", pa.string()), pa.field("method", pa.string()),
     pa.field("size", pa.int64()), pa.field("sources", pa.int64()), pa.field("with_sources", pa.bool_()),
@@ -54,7 +54,7 @@ ENSEMBLE_SCHEMA = pa.schema([
     pa.field("member_acc_mean", pa.float64()), pa.field("member_acc_std", pa.float64()),
     pa.field("member_nll_mean", pa.float64()), pa.field("n_test", pa.int64()),
     pa.field("source_seconds", pa.float64()), pa.field("seconds", pa.float64()),
-    pa.field("seconds_vs_full", pa.float64()), *PROVENANCE,
+    pa.field("x_full", pa.float64()), *PROVENANCE,
 ])
 
 # One row per Tune trial: the searched parameters, every metric, and which one was the objective.

@@ -49,6 +49,12 @@ def test_recipes_that_cannot_run_are_refused(recipe, message):
         check(recipe, 10, False, False)
 
 
+def test_the_recipes_epochs_are_always_evaluated():
+    """--trained-epochs adds epochs: the full ensemble at the recipe's epochs is what x_full divides by."""
+    assert check(Recipe(trained_epochs=(5, 2)), 10, False, False).trained_epochs == (2, 5, 10)
+    assert check(Recipe(trained_epochs=(10,)), 10, True, False).trained_epochs == (10,)   # cosine: only the end
+
+
 def test_curves_need_a_constant_lr_and_a_given_trajectory_is_one_source():
     with pytest.raises(LtrayError, match="constant learning rate"):
         check(Recipe(trained_epochs=(5, 10)), 10, True, False)
@@ -62,7 +68,7 @@ def _member(kind, seed, epochs, seconds, pred, labels, n_classes=3):
     return Member(dict(kind=kind, seed=seed, epochs=epochs, seconds=seconds), probs)
 
 
-def test_assemble_counts_each_run_once_and_compares_with_the_same_size_full_ensemble():
+def test_assemble_counts_each_run_once_and_compares_every_ensemble_with_the_full_one():
     labels = np.array([0, 1, 2, 0, 1, 2])
     recipe = check(Recipe(members=2, sources=1, repeats=1, stages=(0, 1), snapshot_epochs=(4,), with_sources=True), 4,
                    False, False)
@@ -84,13 +90,13 @@ def test_assemble_counts_each_run_once_and_compares_with_the_same_size_full_ense
     assert by.loc[("source", 4), "seconds"] == 4.0 and by.loc[("source", 4), "test_acc"] == pytest.approx(500 / 6)
     assert by.loc[("checkpoint", 4), "seconds"] == 4.0 and by.loc[("checkpoint", 4), "seeds"] == "0,0"
     assert by.loc[("snapshot", 4), "seconds"] == 8.0            # one run: its length, not the sum of snapshots
-    assert by.loc[("full", 4), "seconds"] == 10.0 and by.loc[("full", 4), "seconds_vs_full"] == 1.0
+    assert by.loc[("full", 4), "seconds"] == 10.0 and by.loc[("full", 4), "x_full"] == 1.0
     ft = by.loc[("transferred", 1)]                            # the source (4 s, once) + one member (1.5 s)
-    assert ft.seconds == 5.5 and ft.source_seconds == 4.0 and ft.seconds_vs_full == 0.55
+    assert ft.seconds == 5.5 and ft.source_seconds == 4.0 and ft.x_full == 0.55
     assert ft["size"] == 2 and ft.sources == 1 and ft.with_sources and ft.finetune_epochs == 1
     assert ft.finetune_optimizer == "adam" and ft["T"] == 3
     assert by.loc[("source", 4), "finetune_lr"] != by.loc[("source", 4), "finetune_lr"]  # null beyond transferred
-    assert by.loc[("source", 4), "seconds_vs_full"] == 0.8     # one model: against one full member (4 s / 5 s)
+    assert by.loc[("source", 4), "x_full"] == 0.4      # one model too: against the M = 2 full members (4 s / 10 s)
     assert ft.disagreement == pytest.approx(100 * 2 / 6)       # source@4 vs member: points 0 and 5 differ
 
 
@@ -99,7 +105,7 @@ def test_assemble_counts_each_run_once_and_compares_with_the_same_size_full_ense
 @pytest.fixture(scope="module")
 def run(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("ensemble")
-    assert main([*SMALL, "--members", "2", "--repeats", "2", "--finetune-epochs", "0,1", "--trained-epochs", "2,4",
+    assert main([*SMALL, "--members", "2", "--repeats", "2", "--finetune-epochs", "0,1", "--trained-epochs", "2",
                  "--method", "fgmt,naive", "--out", str(out)]) == 0
     return out
 
@@ -127,7 +133,8 @@ def test_every_kind_is_in_one_table_and_its_numbers_are_its_members(run):
     assert set(zip(moved.method, moved.finetune_epochs)) == {(m, e) for m in ("fgmt", "naive") for e in (0, 1)}
     assert (moved.seconds > moved.source_seconds).all()
     full = ensembles[(ensembles.kind == "full") & (ensembles.epochs == 4)]
-    assert (full.seconds_vs_full == 1.0).all() and set(ensembles[ensembles.kind == "full"].epochs) == {2, 4}
+    # --trained-epochs 2 "also": the recipe's 4 epochs are evaluated too, and x_full divides by the full ensemble there
+    assert (full.x_full == 1.0).all() and set(ensembles[ensembles.kind == "full"].epochs) == {2, 4}
     assert set(ensembles[ensembles.kind == "snapshot"].epochs) == {4}   # 4 epochs: 2 cycles of 2
     for _, row in ensembles[ensembles["size"] == 2].iterrows():
         assert row.gain == pytest.approx(row.test_acc - row.member_acc_mean)
@@ -158,7 +165,7 @@ def test_every_kind_is_in_one_table_and_its_numbers_are_its_members(run):
 def test_a_rerun_skips_finished_units_and_rebuilds_the_same_tables(run, capsys):
     before = pd.read_parquet(run / "ensemble.parquet")
     capsys.readouterr()
-    assert main([*SMALL, "--members", "2", "--repeats", "2", "--finetune-epochs", "0,1", "--trained-epochs", "2,4",
+    assert main([*SMALL, "--members", "2", "--repeats", "2", "--finetune-epochs", "0,1", "--trained-epochs", "2",
                  "--method", "fgmt,naive", "--out", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "16 of 16 units already" in printed and "wall" not in printed

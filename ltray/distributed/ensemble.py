@@ -9,9 +9,10 @@ In one run, for each of R repeats (independent seeds), it builds and evaluates o
 - transferred: M members, each the source (of K independently trained ones, round-robin) transferred to a fresh
   initialisation (--method), its best step fine-tuned for each of --finetune-epochs (each with its own data
   order); with --with-sources the K sources are members too, beside M - K transferred ones.
-It reports accuracy, NLL, ECE, disagreement, ensemble gain and compute seconds (seconds_vs_full: against the
-full ensemble of the same size). Units of work (a training run, a transfer) run in this process while the rest
-would finish sooner here than on a freshly started local Ray, then fan out as Ray tasks; each finished
+It reports accuracy, NLL, ECE, disagreement, ensemble gain and compute seconds (x_full: against the M-member
+full ensemble). Units of work (a training run, a transfer) run in this process while the rest would finish
+sooner here than on a freshly started local Ray (_worth_ray), then fan out as Ray tasks; --ray, --address or
+--gpus-per-task sends every unit to Ray, --no-ray keeps every unit here; each finished
 unit is saved under DIR/members/, so a rerun with the same --out skips it; the Parquet files, the PNG and the
 printed table are rebuilt from all units. Metric definitions: ltray.metrics; seconds: ltray.ensemble.members.
 """

@@ -61,16 +61,18 @@ def check(recipe: Recipe, epochs: int, scheduled: bool, given: bool) -> Recipe:
         raise LtrayError("--trajectory gives one source: use it with --sources 1 --repeats 1")
     if not recipe.stages or min(recipe.stages) < 0:
         raise LtrayError(f"--finetune-epochs needs epochs >= 0, got {list(recipe.stages)}")
-    trained = recipe.trained_epochs or (epochs,)
-    if min(trained) < 1 or max(trained) > epochs:
-        raise LtrayError(f"--trained-epochs must lie in 1..{epochs} (the recipe's epochs), got {list(trained)}")
+    given_epochs = recipe.trained_epochs or (epochs,)
+    if min(given_epochs) < 1 or max(given_epochs) > epochs:
+        raise LtrayError(f"--trained-epochs must lie in 1..{epochs} (the recipe's epochs), got {list(given_epochs)}")
+    # "also": the recipe's own epochs are always evaluated, as the full ensemble there is what x_full divides by
+    trained = tuple(sorted(set(given_epochs) | {epochs}))
     if scheduled and trained != (epochs,):
         raise LtrayError("--trained-epochs needs a constant learning rate (no --cosine, no warm-up): only then is "
                          "the checkpoint after e epochs a model trained for e epochs")
     snap = recipe.snapshot_epochs or (-(-epochs // M) * M,)
     if recipe.snapshot and (M < 2 or any(e < M or e % M for e in snap)):
         raise LtrayError(f"--snapshot-epochs must be multiples of --members ({M}, >= 2), got {list(snap)}")
-    return replace(recipe, trained_epochs=tuple(sorted(set(trained))), snapshot_epochs=tuple(sorted(set(snap))),
+    return replace(recipe, trained_epochs=trained, snapshot_epochs=tuple(sorted(set(snap))),
                    stages=tuple(sorted(set(recipe.stages))))
 
 
@@ -140,11 +142,11 @@ def assemble(recipe: Recipe, epochs: int, units: dict[Unit, list], labels: np.nd
                 members = [at(u, stage) for u in moved]
                 add(r, "transferred", extra + members, sum(run_seconds.values()),
                     sum(m.row["seconds"] for m in members), len(srcs), stage, method, stage)
-    for r in range(recipe.repeats):  # against as many full members (same repeat) at the recipe's epochs
+    for r in range(recipe.repeats):  # against the M-member full ensemble of the same repeat at the recipe's epochs
         full = [at(u, epochs).row["seconds"] for u in units if u.repeat == r and u.kind == "full"]
         for x in rows:
             if x["repeat"] == r:
-                x["seconds_vs_full"] = x["seconds"] / sum(full[:x["size"]]) if x["size"] <= len(full) else float("nan")
+                x["x_full"] = x["seconds"] / sum(full) if full else float("nan")
     return rows
 
 
@@ -161,7 +163,7 @@ def summary_table(ensembles):
     g = ensembles.assign(order=ensembles.kind.map(KINDS.index)).groupby(keys + ["order"], dropna=False, sort=False)
     table = g.agg(acc=("test_acc", "mean"), acc_std=("test_acc", "std"), nll=("test_nll", "mean"),
                   ece=("test_ece", "mean"), disagree=("disagreement", "mean"), gain=("gain", "mean"),
-                  seconds=("seconds", "mean"), x_full=("seconds_vs_full", "mean"), n=("repeat", "count"))
+                  seconds=("seconds", "mean"), x_full=("x_full", "mean"), n=("repeat", "count"))
     return table.reset_index().sort_values(["order", "method", "sources", "epochs"]).drop(columns="order")
 
 
