@@ -15,6 +15,7 @@ the snapshot ensemble at equal compute).
 
     python experiments/ensemble_study.py --data-root ../shared/datasets      # ~1 h on 2 cores
     python experiments/ensemble_study.py --smoke --out /tmp/ens-smoke          # digits, a minute
+    python experiments/ensemble_study.py --plot-only       # figures and summary.md again from ensemble.parquet
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ RECIPES = {
 PLOTTED = ("fgmt", "adam1e-4", "K2", "K1+src", "K2+src")   # the figure's transferred curves (all are in summary.md)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default="../shared/datasets")
     p.add_argument("--out", default="experiments/results/ensemble")
@@ -60,11 +61,12 @@ def main() -> None:
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of " + ",".join(RECIPES))
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--smoke", action="store_true", help="digits, width 32, 4 epochs, T=3, 1 repeat, 2 recipes")
-    p.add_argument("--plot-only", action="store_true", help="redraw figures and summary from --out")
-    args = p.parse_args()
+    p.add_argument("--plot-only", action="store_true",
+                   help="redraw the figures and summary.md from --out's ensemble.parquet (which it leaves as it is)")
+    args = p.parse_args(argv)
     out = Path(args.out)
     if args.plot_only:
-        return publish(pd.read_parquet(out / "ensemble.parquet"), None, out)
+        return draw(pd.read_parquet(out / "ensemble.parquet"), out)
     common = ["--dataset", "mnist", "--data-root", str(Path(args.data_root).resolve()), "--width", str(args.width),
               "--epochs", "10", "--members", "4", "--T", "10", "--repeats", str(args.repeats), *BASELINES]
     recipes = args.recipes.split(",")
@@ -88,21 +90,28 @@ def main() -> None:
             print(f"   {time.perf_counter() - t0:.0f} s", flush=True)
             ensembles.append(pd.read_parquet(work / "ensemble.parquet").assign(recipe=name, source_lr=float(lr)))
             members.append(pd.read_parquet(work / "members.parquet").assign(source_lr=float(lr)))
-    publish(pd.concat(ensembles, ignore_index=True), pd.concat(members, ignore_index=True), out)
+    ensembles = pd.concat(ensembles, ignore_index=True)
+    write(ensembles, pd.concat(members, ignore_index=True), out)
+    draw(ensembles, out)
 
 
-def publish(ensembles: pd.DataFrame, members: pd.DataFrame | None, out: Path) -> None:
+def write(ensembles: pd.DataFrame, members: pd.DataFrame, out: Path) -> None:
+    """The study's Parquet files: every run's rows with its recipe and source lr (members: each once)."""
     import pyarrow as pa
-
-    from ltray.analysis.plots import ensemble_figure, save_figure
 
     out.mkdir(parents=True, exist_ok=True)
     extra = [pa.field("recipe", pa.string()), pa.field("source_lr", pa.float64())]
     write_parquet(ensembles, pa.schema(list(ENSEMBLE_SCHEMA) + extra), out / "ensemble.parquet")
-    if members is not None:
-        keys = ["source_lr", "repeat", "kind", "method", "seed_source", "seed", "epochs", "lr", "optimizer", "T"]
-        write_parquet(members.drop_duplicates(keys, ignore_index=True),
-                      pa.schema(list(MEMBERS_SCHEMA) + extra[1:]), out / "members.parquet")
+    keys = ["source_lr", "repeat", "kind", "method", "seed_source", "seed", "epochs", "lr", "optimizer", "T"]
+    write_parquet(members.drop_duplicates(keys, ignore_index=True),
+                  pa.schema(list(MEMBERS_SCHEMA) + extra[1:]), out / "members.parquet")
+
+
+def draw(ensembles: pd.DataFrame, out: Path) -> None:
+    """One figure per source lr and summary.md, from the study's ensemble rows."""
+    from ltray.analysis.plots import ensemble_figure, save_figure
+
+    out.mkdir(parents=True, exist_ok=True)
     keys = ["repeat", "kind", "method", "sources", "with_sources", "epochs", "finetune_optimizer", "finetune_lr"]
     for lr, rows in ensembles.groupby("source_lr"):
         rows = rows[(rows.kind != "transferred") | rows.recipe.isin(PLOTTED)].drop_duplicates(keys)
@@ -111,7 +120,7 @@ def publish(ensembles: pd.DataFrame, members: pd.DataFrame | None, out: Path) ->
                               pd.Series([recipe_label(r) for _, r in rows.iterrows()], index=rows.index))
         save_figure(fig, out / f"ensemble_lr{lr:g}.png")
     (out / "summary.md").write_text(study_summary(ensembles, RECIPES))
-    print(f"wrote {out}/ensemble.parquet, members.parquet, summary.md and the figures")
+    print(f"wrote {out}/summary.md and the figures")
 
 
 if __name__ == "__main__":
