@@ -10,9 +10,9 @@ Writes <scenario>_w<width>_ablation.parquet and .png.
 import sys
 
 from ltray.analysis.plots import ablation_figure
-from ltray.analysis.scenarios import transfer_rows
 from ltray.analysis.script import main
 from ltray.results import TRANSFER_SCHEMA
+from ltray.runs import transfer_rows
 
 VARIANTS = (("linear", "cosine"), ("linear", "uniform"), ("actual", "cosine"))
 
@@ -23,7 +23,7 @@ def body(exp):
         for trajectory, schedule in VARIANTS:
             scenario = exp.scenario.with_transfer(trajectory=trajectory, schedule=schedule)
             run = exp.transfer(source, target, scenario=scenario)
-            rows += transfer_rows(scenario, run, exp.run_id(VARIANTS))
+            rows += transfer_rows(run, scenario.columns(), scenario.transfer, exp.run_id(VARIANTS))
     exp.publish("ablation", rows, TRANSFER_SCHEMA, ablation_figure(rows))
 
 

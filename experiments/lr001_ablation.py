@@ -41,8 +41,8 @@ from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
 from ltray.core.specs import spec_for
 from ltray.core.trajectory import load_trajectory, save_trajectory
 from ltray.core.transfer import transfer
-from ltray.results import TRANSFER_SCHEMA, config_hash, derive_seed, provenance, summarise, write_parquet
-from ltray.runs import transfer_rows
+from ltray.results import TRANSFER_SCHEMA, config_hash, derive_seed, summarise, write_parquet
+from ltray.runs import PairOutcome, task_columns, transfer_rows
 from ltray.training import train
 
 
@@ -155,14 +155,12 @@ def run_pair(name: str, arm: Arm, k: int, data, data_cfg: DataConfig, width: int
                                                                                         seed_target),
                            target_final=target.at_epoch(epochs)) for m in METHODS}
     src_acc, tgt_acc = (evaluate(model, t.at_epoch(epochs), data.val)[1] for t in (source, target))
-    rows = transfer_rows(results, scenario="random", dataset=data_cfg.name, classes=None, pretrain_dataset=None,
-                         pretrain_classes=None, model=arm.model, width=width, source_lr=0.01,
-                         seed_source=seed_source, seed_target=seed_target, T=T, schedule="cosine",
-                         trajectory="linear", batch_size=128, solver=cfg.solver,
-                         source_train_seconds=float(source.meta["epoch_seconds"][epochs - 1]),
-                         arm=name, relu=arm.relu, bias=arm.bias, epochs=epochs, source_val_acc=src_acc,
-                         target_val_acc=tgt_acc, first_layer_ratio=first_layer_ratio(source, epochs),
-                         **provenance(run_id))
+    # ltray's columns for a 2-MLP of this width, with the arm's own model name (its MLPs are not ltray's)
+    task = dict(task_columns(data_cfg, ModelConfig("mlp", width), 0.01), model=arm.model)
+    pair = PairOutcome(seed_source, seed_target, results, float(source.meta["epoch_seconds"][epochs - 1]))
+    rows = transfer_rows(pair, task, cfg, run_id, arm=name, relu=arm.relu, bias=arm.bias, epochs=epochs,
+                         source_val_acc=src_acc, target_val_acc=tgt_acc,
+                         first_layer_ratio=first_layer_ratio(source, epochs))
     write_parquet(rows, SCHEMA, path)
     finals = ", ".join(f"{m} {r.val_acc[-1]:.2f}" for m, r in results.items())
     print(f"{name} pair {k}: source {src_acc:.2f} %, ratio {rows[0]['first_layer_ratio']:.3f}; final {finals}",

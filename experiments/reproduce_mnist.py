@@ -17,8 +17,8 @@ import pandas as pd
 from ltray import evaluate
 from ltray.analysis.plots import COLORS, NAMES, band, bands_note, figure, letter, save_figure
 from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
-from ltray.results import COSTS_SCHEMA, TRANSFER_SCHEMA, config_hash, derive_seed, provenance, summarise, write_parquet
-from ltray.runs import cached_source, transfer_pair, transfer_rows
+from ltray.results import COSTS_SCHEMA, TRANSFER_SCHEMA, config_hash, summarise, write_parquet
+from ltray.runs import cached_source, pair_outcome
 
 
 def first_layer_ratio(traj) -> float:
@@ -73,16 +73,12 @@ def main() -> None:
                     source, target = trained(lr, seed_source), trained(lr, seed_target)  # target: the oracle's
                     ratio = first_layer_ratio(source)
                     src_acc = evaluate(model_cfg.build(data, 0), source.state(-1), data.val)[1]
-                    outcome = transfer_pair(data, model_cfg, train_cfg, cfg, methods, source, seed_target,
-                                            seed=derive_seed("transfer", seed_source, seed_target), target=target)
+                    outcome, new = pair_outcome(data, data_cfg=data_cfg, model_cfg=model_cfg, train_cfg=train_cfg,
+                                                transfer_cfg=cfg, methods=methods, source=source,
+                                                seed_target=seed_target, run_id=run_id, target=target)
                     print(f"T={T} {schedule} lr={lr} pair {k}: source val {src_acc:.2f}% "
                           f"({source.meta['train_seconds']:.1f} s), ||dW1||/||W1^0|| = {ratio:.3f}", flush=True)
-                    rows += transfer_rows(outcome.results, scenario="random", dataset=data_cfg.name, classes=None,
-                                          pretrain_dataset=None, pretrain_classes=None, model="mlp",
-                                          width=args.width, source_lr=lr, seed_source=seed_source,
-                                          seed_target=seed_target, T=T, schedule=schedule, trajectory="linear",
-                                          batch_size=128, solver=args.solver,
-                                          source_train_seconds=outcome.source_train_seconds, **provenance(run_id))
+                    rows += new
                     for method, res in outcome.results.items():
                         prof = res.profile
                         costs.append(dict(lr=lr, T=T, schedule=schedule, method=method, seed_source=seed_source,

@@ -9,15 +9,15 @@ pretrained). Writes <scenario>_w<width>_transfer.parquet and .png.
 import sys
 
 from ltray.analysis.plots import transfer_figure
-from ltray.analysis.scenarios import transfer_rows
 from ltray.analysis.script import main
 from ltray.results import TRANSFER_SCHEMA
+from ltray.runs import transfer_rows
 
 
 def body(exp):
     rows = []
     for run in exp.runs():
-        rows += transfer_rows(exp.scenario, run, exp.run_id())
+        rows += transfer_rows(run, exp.scenario.columns(), exp.scenario.transfer, exp.run_id())
     exp.publish("transfer", rows, TRANSFER_SCHEMA,
                 transfer_figure(rows, chance=100.0 / exp.data.task.num_classes))
 

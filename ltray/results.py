@@ -95,15 +95,23 @@ PROFILE_SCHEMA = pa.schema([
 
 
 # ---- transfers, analyses (ltray.runs, ltray.analysis) -------------------------------------------------------
+# One meaning per column whoever writes it: every writer takes them from ltray.runs.task_columns.
 # scenario: "random" (both inits random) or "pretrained" (both inits pre-trained on pretrain_dataset with
 # pretrain_classes, source fine-tuned on dataset/classes with a fresh head). classes are "5,6,7,8,9" or null.
+# dataset: the task's DataConfig name ("mnist"), or that name + "-permuted" ("mnist-permuted") for the task with
+# its pixel positions shuffled (ltray.data.permute_pixels): another task, so `df.dataset == "mnist"` never mixes
+# the two. width: the built model's width, its default resolved (ltray.models.DEFAULT_WIDTH): never null for
+# ltray's models, null only for a model that has none (torchvision:NAME, package.module:factory).
 _SCENARIO = [pa.field("scenario", pa.string()), pa.field("dataset", pa.string()), pa.field("classes", pa.string()),
              pa.field("pretrain_dataset", pa.string()), pa.field("pretrain_classes", pa.string()),
              pa.field("model", pa.string()), pa.field("width", pa.int64()),
              pa.field("source_lr", pa.float64()),    # lr of the source's training (its fine-tuning if pre-trained)
              pa.field("seed_source", pa.int64()), pa.field("seed_target", pa.int64())]
 
-# One row per (method, seed pair, step t) of a transfer (`ltray transfer`, the analyses, the reproduction).
+# One row per (method, seed pair, step t) of a transfer (`ltray transfer`, the analyses, the experiments), all made
+# by ltray.runs.transfer_rows. trajectory: "linear" (theta1^0 to theta1^T on a lambda schedule) or "actual" (the
+# source's checkpoints); schedule: the linear trajectory's lambda schedule ("cosine", "uniform"), null for an actual
+# one, which has none (older files of `ltray transfer` or experiments/cnn.py may hold the unused setting there);
 # seconds: the method's wall time up to and including step t (the Oracle's includes training its target);
 # oracle_agreement: share of hidden units pi_t maps as the Oracle's final pi does (null without the Oracle).
 TRANSFER_SCHEMA = pa.schema([

@@ -1,7 +1,9 @@
 """The one unit of work: train a source, and transfer it to one target initialisation with every requested
 method (`transfer_pair`), as TransferResults or as TRANSFER_SCHEMA rows (`pair_rows`). `ltray transfer` (in
 process and as Ray tasks), the ensemble's and the sweep's transfers and several experiments go through it; the
-analyses (ltray.analysis.scenarios) still run their own transfers, sharing its checks, spec cache and rows."""
+analyses (ltray.analysis.scenarios) still run their own transfers, sharing its checks and spec cache. Every
+TRANSFER_SCHEMA row, whoever transferred, is made by `transfer_rows` from `task_columns`, so that each column
+has the one meaning written down in ltray.results."""
 from __future__ import annotations
 
 import time
@@ -173,10 +175,41 @@ def oracle_agreement(perm: Permutation, oracle: Permutation) -> float:
     return same / sum(len(p) for p in oracle.values())
 
 
-def transfer_rows(results: dict[str, TransferResult], **columns) -> list[dict]:
-    """TRANSFER_SCHEMA rows, one per (method, step t), each with `columns` (scenario, seeds, T, provenance, ...).
-    oracle_agreement compares pi_t (the identity at t = 0) with the Oracle's final pi when the Oracle ran."""
+def task_columns(data_cfg: DataConfig, model_cfg: ModelConfig, source_lr: float, *,
+                 pretrain_data: DataConfig | None = None, task_pixels: str | None = None) -> dict:
+    """The scenario columns of every results row (ltray.results._SCENARIO) but the seeds, with the meanings
+    written down there: `dataset` is the task's name, with "-permuted" when its pixel positions are shuffled
+    (task_pixels "permuted", ltray.data.permute_pixels; checked by ltray.analysis.Scenario),
+    `width` the built model's (its default resolved), `scenario` "pretrained" exactly when there is
+    `pretrain_data`."""
+    def classes(cfg: DataConfig | None) -> str | None:
+        return ",".join(map(str, cfg.classes)) if cfg is not None and cfg.classes else None
+    return {"scenario": "random" if pretrain_data is None else "pretrained",
+            "dataset": data_cfg.name + (f"-{task_pixels}" if task_pixels else ""), "classes": classes(data_cfg),
+            "pretrain_dataset": pretrain_data.name if pretrain_data else None,
+            "pretrain_classes": classes(pretrain_data), "model": model_cfg.name, "width": _width(model_cfg),
+            "source_lr": float(source_lr)}
+
+
+def transfer_rows(outcome: PairOutcome, task: dict, transfer_cfg: TransferConfig, run_id: str,
+                  **extra) -> list[dict]:
+    """The TRANSFER_SCHEMA rows of one seed pair, one per (method, step t): the only code that makes them.
+
+    `outcome`: a PairOutcome, or any pair with its seeds, results and source_train_seconds (the analyses'
+    ltray.analysis.PairRun); `task`: task_columns(...); the transfer columns come from `transfer_cfg`
+    (`schedule` null for an actual trajectory, which has no lambda schedule); provenance from `run_id` and the
+    device the results are on; `extra`: columns of a schema that extends TRANSFER_SCHEMA. oracle_agreement
+    compares pi_t (the identity at t = 0) with the Oracle's final pi when the Oracle ran."""
+    from .results import provenance
+
+    results = outcome.results
     oracle = results["oracle"].perms[-1] if "oracle" in results else None
+    cfg = transfer_cfg
+    device = next((v.device for r in results.values() for v in r.final.values()), "cpu")
+    columns = dict(task, seed_source=outcome.seed_source, seed_target=outcome.seed_target, T=cfg.T,
+                   schedule=cfg.schedule if cfg.trajectory == "linear" else None, trajectory=cfg.trajectory,
+                   batch_size=cfg.batch_size, solver=cfg.solver, source_train_seconds=outcome.source_train_seconds,
+                   **provenance(run_id, device), **extra)
     rows = []
     for result in results.values():
         perms = [{g: torch.arange(len(p)) for g, p in result.perms[0].items()}] + list(result.perms)
@@ -190,21 +223,15 @@ def pair_outcome(data, *, data_cfg, model_cfg, train_cfg, transfer_cfg, methods:
                  seed_target: int, run_id: str, device: str = "cpu", progress: bool = False,
                  target: Trajectory | None = None) -> tuple[PairOutcome, list[dict]]:
     """One (source, target) pair transferred with every method: the outcome (results, profiles) and its
-    TRANSFER_SCHEMA rows (random-init scenario). `target`: the Oracle's trained target, when already at hand."""
-    from .results import derive_seed, provenance
+    TRANSFER_SCHEMA rows (random-init scenario; source_lr the recipe recorded in the source's file). `target`:
+    the Oracle's trained target, when already at hand."""
+    from .results import derive_seed
 
     seed_source = int(source.meta.get("seed", 0))
     outcome = transfer_pair(data, model_cfg, train_cfg, transfer_cfg, methods, source, seed_target, device,
                             progress=progress, seed=derive_seed("transfer", seed_source, seed_target), target=target)
-    return outcome, transfer_rows(outcome.results, scenario="random", dataset=data_cfg.name,
-                                  classes=",".join(map(str, data_cfg.classes)) if data_cfg.classes else None,
-                                  pretrain_dataset=None, pretrain_classes=None, model=model_cfg.name,
-                                  width=source.meta.get("width"), source_lr=recorded_recipe(source, train_cfg).lr,
-                                  seed_source=seed_source, seed_target=seed_target, T=transfer_cfg.T,
-                                  schedule=transfer_cfg.schedule, trajectory=transfer_cfg.trajectory,
-                                  batch_size=transfer_cfg.batch_size,
-                                  solver=transfer_cfg.solver, source_train_seconds=outcome.source_train_seconds,
-                                  **provenance(run_id, device))
+    task = task_columns(data_cfg, model_cfg, recorded_recipe(source, train_cfg).lr)
+    return outcome, transfer_rows(outcome, task, transfer_cfg, run_id)
 
 
 def pair_rows(data, **job) -> list[dict]:

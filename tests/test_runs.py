@@ -4,9 +4,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from ltray.config import DataConfig, ModelConfig, TrainConfig, TransferConfig
 from ltray.core.transfer import TransferResult
 from ltray.results import TRANSFER_SCHEMA, write_parquet
-from ltray.runs import oracle_agreement, transfer_rows
+from ltray.runs import PairOutcome, oracle_agreement, task_columns, transfer_rows
 
 
 def _result(method: str, perms: list[list[int]]) -> TransferResult:
@@ -25,17 +26,67 @@ def test_agreement_is_the_share_of_units_sent_where_the_oracle_sends_them():
 
 def test_rows_carry_every_step_the_given_columns_and_the_agreement(tmp_path):
     results = {"oracle": _result("oracle", [[2, 0, 1, 3]] * 2), "fgmt": _result("fgmt", [[0, 1, 2, 3], [2, 0, 3, 1]])}
-    rows = transfer_rows(results, dataset="digits", seed_source=0, seed_target=1000)
+    task = task_columns(DataConfig("digits"), ModelConfig("mlp", 4), 0.1)
+    rows = transfer_rows(PairOutcome(0, 1000, results, 1.5), task, TransferConfig(T=2), "test")
     fgmt = [r for r in rows if r["method"] == "fgmt"]
     assert [r["t"] for r in fgmt] == [0, 1, 2] and [r["oracle_agreement"] for r in fgmt] == [0.25, 0.25, 0.5]
     assert all(r["dataset"] == "digits" and r["seed_target"] == 1000 for r in rows) and len(rows) == 6
-    without = transfer_rows({"fgmt": results["fgmt"]}, dataset="digits")
+    without = transfer_rows(PairOutcome(0, 1000, {"fgmt": results["fgmt"]}, 1.5), task, TransferConfig(T=2), "test")
     assert all(r["oracle_agreement"] is None for r in without)
-    names = set(TRANSFER_SCHEMA.names)
-    assert {"t", "lambda", "val_acc", "val_loss", "seconds", "method", "oracle_agreement"} <= names
-    full = [dict({k: None for k in names}, **r) for r in rows]   # the schema's other columns left null
-    table = pq.read_table(write_parquet(full, TRANSFER_SCHEMA, tmp_path / "t.parquet"))
+    table = pq.read_table(write_parquet(rows, TRANSFER_SCHEMA, tmp_path / "t.parquet"))   # every column, no other
     assert table.schema.equals(TRANSFER_SCHEMA, check_metadata=False) and table.num_rows == 6
+    extended = transfer_rows(PairOutcome(0, 1000, results, 1.5), task, TransferConfig(T=2), "test", arm="a")
+    assert [dict(r, arm="a") for r in rows] == extended
+
+
+def test_each_scenario_column_has_one_meaning():
+    """width: the built model's, its default resolved (null only for a model that has none); dataset: the task's
+    name, "-permuted" for its pixel-shuffled version; scenario: "pretrained" exactly with a pre-training task."""
+    from ltray.analysis.scenarios import Scenario
+
+    digits = DataConfig("digits")
+    assert task_columns(digits, ModelConfig("mlp"), 0.1)["width"] == 4096
+    assert task_columns(digits, ModelConfig("conv8bn"), 0.1)["width"] == 64
+    assert task_columns(digits, ModelConfig("mlp", 32), 0.1)["width"] == 32
+    assert task_columns(digits, ModelConfig("torchvision:resnet18"), 0.1)["width"] is None
+    plain = Scenario(DataConfig("digits", classes=(5, 6)), ModelConfig("mlp"), TrainConfig(lr=0.2), TransferConfig())
+    assert plain.columns() == {"scenario": "random", "dataset": "digits", "classes": "5,6", "pretrain_dataset": None,
+                               "pretrain_classes": None, "model": "mlp", "width": 4096, "source_lr": 0.2}
+    pre = Scenario(digits, ModelConfig("mlp", 8), TrainConfig(), TransferConfig(),
+                   pretrain_data=DataConfig("digits", classes=(0, 1)), pretrain=TrainConfig(), task_pixels="permuted")
+    assert pre.columns() == {"scenario": "pretrained", "dataset": "digits-permuted", "classes": None,
+                             "pretrain_dataset": "digits", "pretrain_classes": "0,1", "model": "mlp", "width": 8,
+                             "source_lr": 0.01}
+
+
+@pytest.mark.parametrize("kind", ["linear", "actual"])
+def test_the_unit_of_work_and_the_analyses_write_the_same_rows_for_the_same_transfer(kind):
+    """One digits pair transferred through runs.pair_outcome (the CLI, cnn.py, reproduce_mnist.py, ...) and through
+    the analyses' transfer_all: the same trajectories, hence the same rows in every column but wall seconds, with
+    `schedule` the linear trajectory's and null for an actual one."""
+    import pandas as pd
+
+    from ltray.analysis.scenarios import Scenario, load_data, pair_trajectories, transfer_all
+    from ltray.runs import pair_outcome, train_source
+
+    data_cfg, model_cfg, train_cfg = DataConfig("digits"), ModelConfig("mlp", 16), TrainConfig(epochs=2, lr=0.1)
+    transfer_cfg = TransferConfig(T=2, trajectory=kind, schedule="uniform")
+    methods = ("naive", "oracle", "fgmt")
+    scenario = Scenario(data_cfg, model_cfg, train_cfg, transfer_cfg)
+    data = load_data(scenario)
+    source, target = pair_trajectories(scenario, data, 0, 1000)
+    via_analysis = transfer_rows(transfer_all(scenario, data, source, target, methods), scenario.columns(),
+                                 transfer_cfg, "same")
+    unit_source = train_source(data.task, data_cfg, model_cfg, train_cfg, 0, progress=False)
+    assert np.array_equal(unit_source.checkpoints, source.checkpoints)
+    _, via_runs = pair_outcome(data.task, data_cfg=data_cfg, model_cfg=model_cfg, train_cfg=train_cfg,
+                               transfer_cfg=transfer_cfg, methods=methods, source=unit_source, seed_target=1000,
+                               run_id="same")
+    timed = ["seconds", "source_train_seconds"]
+    a, b = (pd.DataFrame(rows).drop(columns=timed) for rows in (via_analysis, via_runs))
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a.schedule.fillna("null")) == {"uniform" if kind == "linear" else "null"}
+    assert set(a.width) == {16} and set(a.dataset) == {"digits"} and len(a) == 3 * 3
 
 
 def test_the_oracle_target_is_trained_with_the_recipe_recorded_in_the_source_file(tmp_path):
@@ -65,3 +116,4 @@ def test_the_oracle_target_is_trained_with_the_recipe_recorded_in_the_source_fil
     # a file that records no recipe: the command line's is all there is
     source.meta.pop("train_config")
     assert asdict(recorded_recipe(source, command_line)) == asdict(command_line)
+

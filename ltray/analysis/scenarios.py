@@ -1,7 +1,8 @@
 """The runs behind the analyses (paper Sec. 3.3, 4.1 lower half, 4.2, 4.3): a `Scenario` says how the two
 initial parameters and the source trajectory come about, `pair_trajectories` trains (or loads) the source
-and the actually trained target of one seed pair, `transfer_all` transfers with every method, and
-`subsequent_training` fine-tunes from the best transferred points.
+and the actually trained target of one seed pair, `transfer_all` transfers with every method (its rows:
+ltray.runs.transfer_rows(run, scenario.columns(), scenario.transfer, run_id)), and `subsequent_training`
+fine-tunes from the best transferred points.
 
 Two scenarios:
   random     - theta1^0, theta2^0 are random inits (seeds s1, s2); theta1^t is SGD training on `data`.
@@ -28,8 +29,7 @@ from ..data import DataBundle, permute_pixels
 from ..errors import LtrayError
 from ..models import has_batchnorm, state_of
 from ..results import config_hash, derive_seed, provenance
-from ..runs import check_trajectory, model_spec
-from ..runs import transfer_rows as rows_of
+from ..runs import check_trajectory, model_spec, task_columns
 from ..training import finetune, finetune_epochs, train
 from .landscape import Evaluator, linear_path, plane_surface
 from .pretrained import pretrained_init
@@ -60,13 +60,8 @@ class Scenario:
 
     def columns(self) -> dict:
         """The scenario columns of every results row (ltray.results._SCENARIO), seeds excepted."""
-        def classes(cfg):
-            return ",".join(map(str, cfg.classes)) if cfg is not None and cfg.classes else None
-        dataset = self.data.name + (f"-{self.task_pixels}" if self.task_pixels else "")
-        return {"scenario": self.kind, "dataset": dataset, "classes": classes(self.data),
-                "pretrain_dataset": self.pretrain_data.name if self.pretrain_data else None,
-                "pretrain_classes": classes(self.pretrain_data), "model": self.model.name,
-                "width": int(self.model.width) if self.model.width else None, "source_lr": self.train.lr}
+        return task_columns(self.data, self.model, self.train.lr, pretrain_data=self.pretrain_data,
+                            task_pixels=self.task_pixels)
 
 
 @dataclass
@@ -127,6 +122,10 @@ class PairRun:
     source: Trajectory        # theta1^0..theta1^E
     target: Trajectory        # theta2^0..theta2^E, actually trained
     results: dict[str, TransferResult]
+
+    @property
+    def source_train_seconds(self) -> float:
+        return float(self.source.meta.get("train_seconds", float("nan")))
 
 
 def pair_trajectories(scenario: Scenario, data: Data, seed_source: int, seed_target: int,
@@ -203,16 +202,6 @@ def load_result(path: Path, device: str = "cpu") -> TransferResult:
                           meta["seconds"], [{g: p.cpu() for g, p in perm.items()} for perm in perms],
                           part("final/"), part("best/"), meta["best_step"], meta["profile"],
                           meta.get("gradient_pairs", 0))
-
-
-def transfer_rows(scenario: Scenario, run: PairRun, run_id: str) -> list[dict]:
-    """Rows of ltray.results.TRANSFER_SCHEMA (ltray.runs.transfer_rows with this scenario's columns)."""
-    cfg = scenario.transfer
-    return rows_of(run.results, **scenario.columns(), seed_source=run.seed_source, seed_target=run.seed_target,
-                   T=cfg.T, schedule=cfg.schedule if cfg.trajectory == "linear" else None, trajectory=cfg.trajectory,
-                   batch_size=cfg.batch_size, solver=cfg.solver,
-                   source_train_seconds=float(run.source.meta.get("train_seconds", float("nan"))),
-                   **provenance(run_id, next(iter(next(iter(run.results.values())).final.values())).device))
 
 
 def subsequent_training(scenario: Scenario, data: Data, run: PairRun, cfg: FinetuneConfig, run_id: str,

@@ -103,7 +103,9 @@ def replot(folder: str | os.PathLike) -> list[Path]:
         kwargs = {}
         if what == "transfer":
             classes = df.classes.iloc[0]
-            n = len(classes.split(",")) if isinstance(classes, str) else known.get(df.dataset.iloc[0])
+            # a "-permuted" task (ltray.results) has the classes of the one it shuffles
+            n = len(classes.split(",")) if isinstance(classes, str) else \
+                known.get(df.dataset.iloc[0].removesuffix("-permuted"))
             kwargs["chance"] = 100.0 / n if n else None
         png = path.parent / f"{path.stem}.png"
         written.append(plots.save_figure(figures[what](df.to_dict("records"), **kwargs), png))
