@@ -117,3 +117,20 @@ def test_the_oracle_target_is_trained_with_the_recipe_recorded_in_the_source_fil
     source.meta.pop("train_config")
     assert asdict(recorded_recipe(source, command_line)) == asdict(command_line)
 
+
+def test_committed_transfer_files_hold_the_same_meanings():
+    """The transfer rows committed under experiments/results read with the meanings above: no lambda schedule on an
+    actual trajectory, a width for every ltray model, a dataset that is a task name or its "-permuted" version."""
+    from pathlib import Path
+
+    from ltray.models import DEFAULT_WIDTH
+
+    files = [f for f in sorted((Path(__file__).resolve().parents[1] / "experiments" / "results").rglob("*.parquet"))
+             if {"trajectory", "schedule", "dataset"} <= set(pq.read_schema(f).names)]
+    assert len(files) >= 20
+    for f in files:
+        df = pq.read_table(f, columns=["trajectory", "schedule", "dataset", "model", "width"]).to_pandas()
+        assert df[df.trajectory == "actual"].schedule.isna().all(), f
+        assert df[df.trajectory == "linear"].schedule.isin(["cosine", "uniform"]).all(), f
+        assert df[df.model.isin(list(DEFAULT_WIDTH))].width.notna().all(), f
+        assert df.dataset.str.removesuffix("-permuted").isin(["digits", "mnist", "fashion-mnist", "cifar10"]).all(), f
