@@ -1,9 +1,10 @@
 """The one unit of work: train a source, and transfer it to one target initialisation with every requested
 method (`transfer_pair`), as TransferResults or as TRANSFER_SCHEMA rows (`pair_rows`). `ltray transfer` (in
-process and as Ray tasks), the ensemble's and the sweep's transfers and several experiments go through it; the
-analyses (ltray.analysis.scenarios) still run their own transfers, sharing its checks and spec cache. Every
-TRANSFER_SCHEMA row, whoever transferred, is made by `transfer_rows` from `task_columns`, so that each column
-has the one meaning written down in ltray.results."""
+process and as Ray tasks), the ensemble's and the sweep's transfers, the analyses (ltray.analysis.scenarios,
+which bring their own theta2^0 and trained target) and the experiments go through it (but
+experiments/lr001_ablation.py, whose models are not ltray's). Every TRANSFER_SCHEMA row,
+whoever transferred, is made by `transfer_rows` from `task_columns`, so that each column has the one meaning
+written down in ltray.results."""
 from __future__ import annotations
 
 import time
@@ -135,15 +136,15 @@ class PairOutcome:
 def transfer_pair(data: DataBundle, model_cfg: ModelConfig, train_cfg: TrainConfig, transfer_cfg: TransferConfig,
                   methods: tuple[str, ...], source: Trajectory, seed_target: int, device: str = "cpu",
                   progress: bool = False, seed: int | None = None, target: Trajectory | None = None) -> PairOutcome:
-    """Transfer `source` onto build_model(seed=seed_target) with each method (same mini-batches for all).
+    """Transfer `source` onto theta2^0 with each method (same mini-batches for all): onto target.state(0) when
+    `target` is given (the analyses' pre-trained theta2^0), else onto build_model(seed=seed_target).
 
-    The oracle needs the actually trained target: `target` when given (trained from the same theta2^0),
-    else it is trained here with the source's recipe (recorded_recipe: `train_cfg` only where the source
-    records none; data order from seed_target). Either way its training time is
-    part of the oracle's transfer seconds."""
+    The oracle needs the actually trained target: `target` when given, else it is trained here with the
+    source's recipe (recorded_recipe: `train_cfg` only where the source records none; data order from
+    seed_target). Either way its training time is part of the oracle's transfer seconds."""
     seed_source = int(source.meta.get("seed", 0))
     model = model_cfg.build(data, seed_target).to(device)
-    check_trajectory(source, model)
+    check_trajectory(source, model, "source trajectory")
     spec = model_spec(model_cfg, model, data)
     theta2_0 = {k: v.to(device) for k, v in state_of(model).items()}
     seq = source.linear(transfer_cfg.T, transfer_cfg.schedule) if transfer_cfg.trajectory == "linear" \
@@ -152,6 +153,7 @@ def transfer_pair(data: DataBundle, model_cfg: ModelConfig, train_cfg: TrainConf
     target_final, target_seconds = None, 0.0
     if target is not None:
         check_trajectory(target, model, "target trajectory")
+        theta2_0 = target.state(0, device)
         target_final, target_seconds = target.state(-1, device), float(target.meta.get("train_seconds", 0.0))
     results = {}
     for method in methods:

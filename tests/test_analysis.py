@@ -84,7 +84,7 @@ def test_pretrained_transfer_moves_the_head_delta_with_pi(pre, cache, monkeypatc
     assert start.loc["standard", "val_acc"] == pytest.approx(fgmt.val_acc[0])
     assert sorted(rows.epoch.unique()) == [0, 1] and len(rows) == 3 * 2
     # a second run is served whole from the cache
-    monkeypatch.setattr(analysis, "transfer", lambda *a, **k: pytest.fail("recomputed a cached transfer"))
+    monkeypatch.setattr(analysis, "transfer_pair", lambda *a, **k: pytest.fail("recomputed a cached transfer"))
     again = transfer_all(scenario, data, source, target, ("naive", "fgmt"), cache=cache).results["fgmt"]
     assert again.val_acc == fgmt.val_acc and again.best_step == fgmt.best_step
     assert all(torch.equal(again.perms[t][g], fgmt.perms[t][g]) for t in range(3) for g in fgmt.perms[t])

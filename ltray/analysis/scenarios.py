@@ -1,6 +1,7 @@
 """The runs behind the analyses (paper Sec. 3.3, 4.1 lower half, 4.2, 4.3): a `Scenario` says how the two
 initial parameters and the source trajectory come about, `pair_trajectories` trains (or loads) the source
-and the actually trained target of one seed pair, `transfer_all` transfers with every method (its rows:
+and the actually trained target of one seed pair, `transfer_all` transfers with every method through
+ltray.runs.transfer_pair, with a result cache (its rows:
 ltray.runs.transfer_rows(run, scenario.columns(), scenario.transfer, run_id)), and `subsequent_training`
 fine-tunes from the best transferred points.
 
@@ -24,12 +25,12 @@ from ..config import METHODS, DataConfig, FinetuneConfig, ModelConfig, TrainConf
 from ..core.functional import evaluate
 from ..core.symmetry import apply_permutation
 from ..core.trajectory import State, Trajectory, load_trajectory, save_trajectory
-from ..core.transfer import TransferResult, transfer
+from ..core.transfer import TransferResult
 from ..data import DataBundle, permute_pixels
 from ..errors import LtrayError
 from ..models import has_batchnorm, state_of
 from ..results import config_hash, derive_seed, provenance
-from ..runs import check_trajectory, model_spec, task_columns
+from ..runs import model_spec, task_columns, transfer_pair
 from ..training import finetune, finetune_epochs, train
 from .landscape import Evaluator, linear_path, plane_surface
 from .pretrained import pretrained_init
@@ -140,31 +141,22 @@ def pair_trajectories(scenario: Scenario, data: Data, seed_source: int, seed_tar
 def transfer_all(scenario: Scenario, data: Data, source: Trajectory, target: Trajectory,
                  methods: tuple[str, ...] = METHODS, device: str = "cpu", progress: bool = False,
                  cache: Path | None = None) -> PairRun:
-    """Transfer `source` onto target.state(0) with each method, on the same mini-batches (seed derived from
-    the pair). The Oracle matches against target.state(-1); its transfer seconds include that training.
-    With `cache`, each method's result is kept there (keyed by scenario, method and seeds) and reused, so the
-    analyses that start from the same transfers do not recompute them."""
+    """ltray.runs.transfer_pair of `source` onto target.state(0) with each method, on the same mini-batches (seed
+    derived from the pair); the Oracle matches against target.state(-1) and its transfer seconds include that
+    training. With `cache`, each method's result is kept there (keyed by scenario, method and seeds) and reused,
+    so the analyses that start from the same transfers do not recompute them."""
     check_names(methods=methods)
     seed_source, seed_target = int(source.meta["seed"]), int(target.meta["seed"])
-    model = scenario.model.build(data.task, seed_target).to(device)
-    check_trajectory(source, model, "source trajectory")
-    cfg = scenario.transfer
-    seq = source.linear(cfg.T, cfg.schedule) if cfg.trajectory == "linear" else source.actual(cfg.T)
-    theta2_0, theta2_T = target.state(0, device), target.state(-1, device)
-    seed = derive_seed("transfer", seed_source, seed_target)
-    results = {}
-    for m in methods:
-        def make(m=m) -> TransferResult:
-            return transfer(m, model, model_spec(scenario.model, model, data.task), seq, theta2_0, data.task, cfg,
-                            seed=seed, target_final=theta2_T if m == "oracle" else None,
-                            extra_seconds=float(target.meta.get("train_seconds", 0.0)) if m == "oracle" else 0.0,
-                            progress=progress)
-        if cache is None:
-            results[m] = make()
-            continue
-        path = Path(cache) / f"{config_hash('transfer', scenario, m, seed_source, seed_target)}.result.safetensors"
-        results[m] = load_result(path, device) if path.exists() else save_result(make(), path)
-    return PairRun(seed_source, seed_target, source, target, results)
+    paths = {m: Path(cache) / f"{config_hash('transfer', scenario, m, seed_source, seed_target)}.result.safetensors"
+             for m in methods} if cache is not None else {}
+    results = {m: load_result(path, device) for m, path in paths.items() if path.exists()}
+    missing = tuple(m for m in methods if m not in results)
+    if missing:
+        outcome = transfer_pair(data.task, scenario.model, scenario.train, scenario.transfer, missing, source,
+                                seed_target, device, progress, seed=derive_seed("transfer", seed_source, seed_target),
+                                target=target)
+        results |= {m: save_result(r, paths[m]) if m in paths else r for m, r in outcome.results.items()}
+    return PairRun(seed_source, seed_target, source, target, {m: results[m] for m in methods})
 
 
 def save_result(result: TransferResult, path: Path) -> TransferResult:
