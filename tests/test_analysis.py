@@ -308,3 +308,18 @@ def test_source_accuracy_smoke(tmp_path):
     assert set(df.epoch) == {0, 1, 2, 3}
     acc = df.pivot_table(index=["variant", "split"], columns="epoch", values="acc")
     assert (acc[0] < 20).all() and (acc[3] > acc[1] + 20).all() and (acc[3] > 60).all(), acc  # untrained, then learnt
+
+
+def test_replot_draws_a_permuted_task_with_the_chance_of_the_task_it_shuffles(tmp_path, monkeypatch):
+    """dataset "mnist-permuted" (ltray.results) is MNIST with its pixels shuffled: with all its classes, chance is
+    10 %, as for "mnist"; with classes 5-9, 20 %."""
+    from ltray.analysis import plots
+    from ltray.analysis.summaries import replot
+
+    committed = pd.read_parquet(EXPERIMENTS / "results" / "pretrained_permuted_w1024_transfer.parquet")
+    assert set(committed.dataset) == {"mnist-permuted"} and set(committed.classes) == {"5,6,7,8,9"}
+    committed.to_parquet(tmp_path / "a_transfer.parquet")
+    committed.assign(classes=None).to_parquet(tmp_path / "b_transfer.parquet")
+    drawn, real = [], plots.transfer_figure
+    monkeypatch.setattr(plots, "transfer_figure", lambda rows, chance=None: drawn.append(chance) or real(rows, chance))
+    assert len(replot(tmp_path)) == 2 and drawn == [20.0, 10.0]
