@@ -18,6 +18,13 @@ LONG = [sys.executable, "-m", "ltray.ensemble", "--ray", "--width", "64", "--epo
         "--members", "2", "--finetune-epochs", "0,5", "--num-cpus", "2", "--no-progress", "--no-plot"]
 
 
+def _interruptible() -> None:
+    """Ctrl-C's default in the driver, however the suite was started: a shell without job control starts its
+    background commands (`cmd &`) with SIGINT ignored, their children inherit that, and Python keeps an ignored
+    SIGINT ignored, so the driver would never see the interrupt this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _ray_started(driver: subprocess.Popen, timeout: float = 90.0) -> list[psutil.Process]:
     """The driver's descendants once its embedded Ray runs tasks (a raylet and a worker running a task, not one
     Ray started idle while it was still starting)."""
@@ -42,7 +49,7 @@ def test_a_stopped_driver_leaves_no_process_behind(tmp_path, how):
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     before = set(psutil.pids())
     driver = subprocess.Popen([*LONG, "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env)
+                              text=True, env=env, preexec_fn=_interruptible)
     try:
         tree = _ray_started(driver)
         driver.send_signal(getattr(signal, how))

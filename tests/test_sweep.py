@@ -135,7 +135,9 @@ def _held_sweep(ray_session, out, samples: int, stdout=subprocess.DEVNULL) -> su
     code = HELD.replace("MARKER", repr(str(out.parent / f"{out.name}.first-trial")))
     return subprocess.Popen([sys.executable, "-c", code, "sweep", *SMALL, "--num-samples", str(samples), "--T", "2,3",
                              "--method", "gmt", "--address", ray_session.get_runtime_context().gcs_address,
-                             "--out", str(out)], env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+                             "--out", str(out)], env=env, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # SIGINT not ignored,
+    # as it is for everything a shell without job control starts in the background (the test sends one)
 
 
 def _finished_trials(out) -> dict[str, dict]:
