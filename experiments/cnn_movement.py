@@ -1,7 +1,8 @@
 """How far training moves each layer of the CNN study's networks from their initialisation: ||W^E - W^0|| / ||W^0||
-per weight tensor, for every trained network in the cache that experiments/cnn.py filled (what decides how much of
-a transferred theta2^T = theta2^0 + pi(theta1^T - theta1^0) is the source's training rather than theta2^0's random
-weights; docs/analyses.md, the width study). Writes <out>/movement.csv and prints the per-model medians.
+per weight tensor, for every trained network in the cache that experiments/cnn.py filled: how much of a
+transferred theta2^T = theta2^0 + pi(theta1^T - theta1^0) is the source's training rather than theta2^0's random
+weights (on the 2-MLP, what Naive's level follows: docs/analyses.md, the width study; on the plain Conv8 it does not
+explain the failure: experiments/results/cnn_lr0.05). Writes <out>/movement.csv and prints the per-layer means.
 
     python experiments/cnn_movement.py --cache runs/cache/cnn --out experiments/results/cnn
 """

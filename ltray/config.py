@@ -166,7 +166,7 @@ def check_names(dataset: str | None = None, model: str | None = None, methods: t
     call too). Checked when a command runs, not when a config is made: presets are made at import, and `--help`
     must not load torch."""
     from .data import DATASETS
-    from .models import INITS, check_model
+    from .models import check_init, check_model
 
     if dataset is not None and dataset not in DATASETS:
         raise LtrayError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
@@ -175,8 +175,8 @@ def check_names(dataset: str | None = None, model: str | None = None, methods: t
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise LtrayError(f"unknown transfer method {bad[0]!r}; known: {', '.join(METHODS)}")
-    if init is not None and init not in INITS:
-        raise LtrayError(f"unknown initialisation {init!r}; known: {', '.join(INITS)}")
+    if init is not None:
+        check_init(init)
 
 
 def model_config(dataset: str, name: str | None = None, width: int | None = None, depth: int | None = None,

@@ -96,6 +96,12 @@ def check_model(name: str, external: bool = True) -> None:
     raise LtrayError(f"unknown model {name!r}; known: {known}")
 
 
+def check_init(init: str) -> None:
+    """The one check of an initialisation name (check_names and reinitialise call it)."""
+    if init not in INITS:
+        raise LtrayError(f"unknown initialisation {init!r}; known: {', '.join(INITS)}")
+
+
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
                 width: int | None = None, seed: int = 0, depth: int = 1, init: str = "default") -> nn.Module:
     """A freshly initialised model; the same arguments and seed give bit-identical parameters.
@@ -119,8 +125,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_si
 def reinitialise(model: nn.Module, init: str) -> nn.Module:
     """Re-draw every Conv/Linear weight (in module order, from the current RNG) with `init`; "default" keeps
     PyTorch's. Normalisation layers keep weight 1 and bias 0 either way."""
-    if init not in INITS:
-        raise LtrayError(f"unknown initialisation {init!r}; known: {', '.join(INITS)}")
+    check_init(init)
     if init == "kaiming":
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):

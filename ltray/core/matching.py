@@ -165,6 +165,7 @@ class Matcher:
                 break
         return perm
 
+
 def weight_matching(spec: PermutationSpec, target: Pair, source: Pair, seed: int = 0,
                     solver: str = "auto", max_iter: int = 100) -> Permutation:
     """The pi that makes apply_permutation(spec, pi, source) as close as it can get to `target` (Eq. 2)."""

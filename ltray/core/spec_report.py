@@ -87,4 +87,3 @@ def report_of(spec: PermutationSpec, model: nn.Module, frozen: tuple[FrozenOp, .
     groups = dict(sorted(spec.sizes.items(), key=lambda item: min(order[k] for k, _ in spec.groups[item[0]])))
     return SpecReport(type(model).__name__, groups, sum(v.numel() for v in params.values()), sum(moved.values()),
                       len(params), sum(1 for n in moved.values() if n), frozen)
-
