@@ -112,6 +112,40 @@ def test_a_driver_stopped_while_its_ray_starts_leaves_no_process_behind(tmp_path
             driver.kill()
 
 
+ORPHANING_DRIVER = """
+import os, subprocess, sys, time
+logs = os.path.join(sys.argv[1], f"session_2026-12-08_00-00-00_000000_{os.getpid()}", "logs")
+os.makedirs(logs)
+# as a dying raylet leaves its agents: a process holding a session file whose parent is already gone
+print(subprocess.run(["sh", "-c", f"sleep 600 >> {logs}/raylet.out 2>&1 & echo $!"], capture_output=True,
+                     text=True).stdout.strip(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_watchdog_stops_an_orphan_of_the_drivers_ray_session(tmp_path):
+    """A process the watchdog never saw as the driver's descendant (orphaned between two polls, as Ray's agents
+    are when the raylet dies while starting them) is still stopped once the driver dies: it holds a file of the
+    driver's Ray session open."""
+    driver = subprocess.Popen([sys.executable, "-c", ORPHANING_DRIVER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        orphan = psutil.Process(int(driver.stdout.readline()))
+        assert orphan.ppid() != driver.pid
+        reaper = subprocess.Popen([sys.executable, "-m", "ltray.distributed.reaper", str(driver.pid)])
+        time.sleep(1.0)                      # the watchdog is polling a live driver
+        assert orphan.is_running() and reaper.poll() is None
+        driver.kill()
+        driver.wait()
+        assert reaper.wait(timeout=30) == 0
+        assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for p in psutil.process_iter(["cmdline"]):
+            if p.info["cmdline"] == ["sleep", "600"] and str(tmp_path) in " ".join(f.path for f in p.open_files()):
+                p.kill()
+
 LISTENING = """
 import json, psutil, ray
 from ltray.distributed import engine

@@ -5,14 +5,18 @@ the driver. `ray.shutdown()` stops them when the command ends normally or on Ctr
 SIGKILL (or the OOM killer) never runs it, and the agents then outlive it. `watch()` starts this module as a
 separate process in its own session, before `ray.init()` (a driver can die while Ray starts): it records the
 driver's children that are Ray's and whatever they start (workers, agents), waits for the driver to die, then
-terminates them, SIGKILLing any that linger. It exits by itself once they are all gone (after a normal shutdown),
-and `engine.stop()` ends it at once.
+terminates them, SIGKILLing any that linger. Parentage alone misses a process orphaned between two polls (the
+raylet can die and leave its just-started agents to init), so when the driver is gone the watchdog also stops
+every process that holds a file of the driver's Ray session open: Ray names the session's folder after the
+driver's pid (session_<date>_<time>_<pid>), and everything the raylet starts inherits its raylet.out/.err.
+It exits by itself once they are all gone (after a normal shutdown), and `engine.stop()` ends it at once.
 
     python -m ltray.distributed.reaper DRIVER_PID [PID:CREATE_TIME ...]
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -67,15 +71,50 @@ def _rays(driver) -> dict:
     return out
 
 
+def _of_session(driver_pid: int, started: float) -> dict:
+    """Processes started since `started` that hold open a file under the Ray session folder of `driver_pid`."""
+    import psutil
+
+    folder = re.compile(rf"{re.escape(os.sep)}session_[^{re.escape(os.sep)}]*_{driver_pid}{re.escape(os.sep)}")
+    out = {}
+    for p in psutil.process_iter(["create_time"]):
+        if p.pid == os.getpid() or (p.info["create_time"] or 0) < started:
+            continue
+        try:
+            if any(folder.search(f.path) for f in p.open_files()):
+                out[p.pid] = p
+        except psutil.Error:
+            pass
+    return out
+
+
+def _stop(processes: list, grace: float) -> None:
+    """SIGTERM, then SIGKILL whatever is still there after `grace` seconds."""
+    import psutil
+
+    for p in processes:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, lingering = psutil.wait_procs(processes, timeout=grace)
+    for p in lingering:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
 def reap(driver_pid: int, specs: list[str], poll: float = 0.5, grace: float = 3.0) -> int:
     """Watch the driver's Ray children, the given processes and whatever they start (Ray's agents and workers
     appear after ray.init returns; Ray's own clean-up may kill their parent first, so they are recorded while it
-    lives) until the driver exits, then stop whatever is left; return early when every watched process is gone.
-    Returns how many processes were stopped."""
+    lives) until the driver exits or every watched process is gone, then stop whatever is left of them and of
+    the driver's Ray session. Returns how many processes were stopped."""
     import psutil
 
     try:
         driver = psutil.Process(driver_pid)
+        started = driver.create_time()
     except psutil.Error:
         return 0
     watched, seen = {p.pid: p for p in _processes(specs)}, bool(specs)
@@ -90,22 +129,17 @@ def reap(driver_pid: int, specs: list[str], poll: float = 0.5, grace: float = 3.
             except psutil.Error:   # a child came or went while we looked: look again at the next poll
                 pass
         seen = seen or bool(watched)
-        if seen and not watched:
-            return 0
+        if seen and not watched:   # Ray shut down; an agent it orphaned on the way is still stopped below
+            break
         time.sleep(poll)
-    alive = [p for p in watched.values() if p.is_running()]
-    for p in alive:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, lingering = psutil.wait_procs(alive, timeout=grace)
-    for p in lingering:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    return len(alive)
+    stopped = set()
+    for _ in range(5):   # a process being started as the first ones are stopped is found by the next look
+        alive = {**{pid: p for pid, p in watched.items() if p.is_running()}, **_of_session(driver_pid, started)}
+        if not alive:
+            break
+        _stop(list(alive.values()), grace)
+        stopped |= set(alive)
+    return len(stopped)
 
 
 if __name__ == "__main__":
