@@ -72,13 +72,14 @@ def _rays(driver) -> dict:
 
 
 def _of_session(driver_pid: int, started: float) -> dict:
-    """Processes started since `started` that hold open a file under the Ray session folder of `driver_pid`."""
+    """Processes started since `started` that hold open a file under the Ray session folder of `driver_pid`, the
+    driver itself aside (it holds its session's logs while it lives)."""
     import psutil
 
     folder = re.compile(rf"{re.escape(os.sep)}session_[^{re.escape(os.sep)}]*_{driver_pid}{re.escape(os.sep)}")
     out = {}
     for p in psutil.process_iter(["create_time"]):
-        if p.pid == os.getpid() or (p.info["create_time"] or 0) < started:
+        if p.pid in (os.getpid(), driver_pid) or (p.info["create_time"] or 0) < started:
             continue
         try:
             if any(folder.search(f.path) for f in p.open_files()):
