@@ -8,7 +8,12 @@ Definitions (see ../shared/paper/ensemble-baselines.md for the literature):
   sum over bins of (n_bin / n) * |accuracy_bin - mean confidence_bin|, reported in %;
 - disagreement (Fort et al. 2019): for two members, the % of points whose argmax predictions differ;
   an ensemble's is the mean over its pairs of members;
-- gain: ensemble accuracy minus the mean of its members' accuracies.
+- gain: ensemble accuracy minus the mean of its members' accuracies;
+- temperature scaling (Guo et al. 2017): the ensemble's log-probabilities divided by one temperature, fitted to
+  minimise the NLL on the validation split, then applied to the test split (test_nll_ts, test_ece_ts);
+- deep-ensemble equivalent (Ashukha et al. 2020): the size of a full ensemble (independently trained members)
+  whose test NLL equals an ensemble's, linearly interpolated between whole sizes; 0 when worse than one member,
+  inf when better than the largest full ensemble measured.
 
 NLL of the mean softmax is never above the members' mean NLL (-log is convex); accuracy has no such
 guarantee: on points where members split their votes, the ensemble can be wrong where some members are right.
@@ -63,6 +68,39 @@ def mean_probs(member_probs: Sequence[np.ndarray]) -> np.ndarray:
 def member_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """test_acc, test_nll and test_ece of one model's probabilities."""
     return {"test_acc": accuracy(probs, labels), "test_nll": nll(probs, labels), "test_ece": ece(probs, labels)}
+
+
+def _tempered(probs: np.ndarray, temperature: float) -> np.ndarray:
+    logits = np.log(np.maximum(np.asarray(probs, dtype=np.float64), _TINY)) / temperature
+    logits -= logits.max(1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(1, keepdims=True)
+
+
+def temperature_scaled(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray,
+                       test_labels: np.ndarray) -> dict[str, float]:
+    """The temperature minimising the validation NLL (searched over 1/20..20), and the test NLL and ECE at it."""
+    from scipy.optimize import minimize_scalar
+
+    fit = minimize_scalar(lambda log_t: nll(_tempered(val_probs, float(np.exp(log_t))), val_labels),
+                          bounds=(-np.log(20.0), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    temperature = float(np.exp(fit.x))
+    scaled = _tempered(test_probs, temperature)
+    return {"temperature": temperature, "test_nll_ts": nll(scaled, test_labels), "test_ece_ts": ece(scaled, test_labels)}
+
+
+def deep_ensemble_equivalent(value: float, full_nll: Sequence[float]) -> float:
+    """The full-ensemble size whose NLL equals `value`, `full_nll[m - 1]` being the NLL of m independent members
+    (m = 1..M, decreasing in m as a rule): linear between whole sizes at the first crossing; 0 if `value` is above
+    a single member's, inf if below every full ensemble's."""
+    full = np.asarray(full_nll, dtype=np.float64)
+    if value > full[0]:
+        return 0.0
+    for m in range(1, len(full)):
+        if value >= full[m]:
+            lo, hi = full[m - 1], full[m]
+            return float(m + (lo - value) / (lo - hi)) if lo > hi else float(m + 1)
+    return float("inf") if value < full[-1] else float(len(full))
 
 
 def ensemble_metrics(member_probs: Sequence[np.ndarray], labels: np.ndarray) -> dict[str, float]:

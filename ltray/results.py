@@ -33,17 +33,22 @@ MEMBERS_SCHEMA = pa.schema([
     pa.field("val_acc_transfer", pa.float64()), pa.field("test_acc_transfer", pa.float64()),
     pa.field("test_acc", pa.float64()), pa.field("test_nll", pa.float64()), pa.field("test_ece", pa.float64()),
     pa.field("lr", pa.float64()), pa.field("optimizer", pa.string()), pa.field("transfer_seconds", pa.float64()),
-    pa.field("train_seconds", pa.float64()), pa.field("seconds", pa.float64()), *PROVENANCE,
+    pa.field("train_seconds", pa.float64()), pa.field("seconds", pa.float64()), pa.field("epochs_eq", pa.float64()),
+    pa.field("val_acc", pa.float64()), pa.field("val_nll", pa.float64()), *PROVENANCE,
 ])
 
 # One row per ensemble (the mean of its members' test softmax; ltray.ensemble). kind: source (one model),
 # checkpoint (the source run's last `size` epochs), snapshot (a cyclic-lr run's snapshots), full (independent
-# members), transferred. sources: independent training runs behind it. epochs: per member (fine-tuning epochs
-# for transferred, = finetune_epochs; the run's epochs for snapshot and checkpoint). finetune_* and T: the
-# transferred members' recipe (null for other kinds). seconds: the work that made
-# it: source_seconds (its source runs, each counted once) plus its members' own seconds; x_full: seconds / those
-# of the M-member full ensemble of the same repeat at the recipe's epochs, for every row (a single model
-# included), so that every kind is on one scale (NaN without a full ensemble).
+# members; every size 1..M), copy (the source fine-tuned M times, no transfer: the control), transferred.
+# sources: independent training runs behind it. epochs: per member (fine-tuning epochs for transferred and copy,
+# = finetune_epochs; the run's epochs for snapshot and checkpoint). finetune_* and T: the transferred members'
+# recipe (null for other kinds); lr: the peak learning rate of trained kinds (null for transferred and copy).
+# seconds: the work that made it: source_seconds (its source runs, each counted once) plus its members' own
+# seconds; epochs_eq: the same work in passes over the training set (ltray.ensemble.members: deterministic);
+# x_full and x_full_eq: seconds and epochs_eq / those of the M-member full ensemble of the same repeat at the
+# recipe's epochs, for every row (a single model included), so that every kind is on one scale (NaN without a
+# full ensemble). dee: deep-ensemble equivalent (ltray.metrics). val_acc, val_nll: on the validation split;
+# temperature, test_nll_ts, test_ece_ts: temperature scaling fitted on validation (ltray.metrics).
 ENSEMBLE_SCHEMA = pa.schema([
     *_ARCH, pa.field("repeat", pa.int64()), pa.field("kind", pa.string()), pa.field("method", pa.string()),
     pa.field("size", pa.int64()), pa.field("sources", pa.int64()), pa.field("with_sources", pa.bool_()),
@@ -54,7 +59,10 @@ ENSEMBLE_SCHEMA = pa.schema([
     pa.field("member_acc_mean", pa.float64()), pa.field("member_acc_std", pa.float64()),
     pa.field("member_nll_mean", pa.float64()), pa.field("n_test", pa.int64()),
     pa.field("source_seconds", pa.float64()), pa.field("seconds", pa.float64()),
-    pa.field("x_full", pa.float64()), *PROVENANCE,
+    pa.field("x_full", pa.float64()), pa.field("lr", pa.float64()), pa.field("epochs_eq", pa.float64()),
+    pa.field("x_full_eq", pa.float64()), pa.field("dee", pa.float64()), pa.field("val_acc", pa.float64()),
+    pa.field("val_nll", pa.float64()), pa.field("temperature", pa.float64()), pa.field("test_nll_ts", pa.float64()),
+    pa.field("test_ece_ts", pa.float64()), *PROVENANCE,
 ])
 
 # One row per Tune trial: the searched parameters, every metric, and which one was the objective.

@@ -10,7 +10,7 @@ import pytest
 
 from ltray.cli import main as ltray_main
 from ltray.config import DataConfig
-from ltray.ensemble.recipe import KINDS, Recipe, assemble, check, plan
+from ltray.ensemble.recipe import KINDS, Recipe, assemble, check, ci95, plan, source_epochs
 from ltray.errors import LtrayError
 from ltray.ensemble.members import Member
 
@@ -52,20 +52,47 @@ def test_recipes_that_cannot_run_are_refused(recipe, message):
 def test_the_recipes_epochs_are_always_evaluated():
     """--trained-epochs adds epochs: the full ensemble at the recipe's epochs is what x_full divides by."""
     assert check(Recipe(trained_epochs=(5, 2)), 10, False, False).trained_epochs == (2, 5, 10)
-    assert check(Recipe(trained_epochs=(10,)), 10, True, False).trained_epochs == (10,)   # cosine: only the end
+    assert check(Recipe(trained_epochs=(10,)), 10, True, False).trained_epochs == (10,)
 
 
-def test_curves_need_a_constant_lr_and_a_given_trajectory_is_one_source():
-    with pytest.raises(LtrayError, match="constant learning rate"):
-        check(Recipe(trained_epochs=(5, 10)), 10, True, False)
+def test_an_annealed_recipes_budgets_are_runs_of_their_own_and_a_given_trajectory_is_one_source():
+    """Under cosine annealing the checkpoint after e < E epochs was never annealed: a full member at budget e is
+    its own e-epoch run, and the single source is evaluated at its end only (plus the checkpoint ensemble's)."""
+    annealed = check(Recipe(members=2, repeats=1, trained_epochs=(2, 5)), 10, True, False)
+    full = [(u.seed, u.epochs) for u in plan(annealed, 10) if u.kind == "full"]
+    assert full == [(1000, 2), (1000, 5), (1000, 10), (1001, 2), (1001, 5), (1001, 10)]
+    assert source_epochs(annealed, 10) == (9, 10)
+    constant = check(Recipe(members=2, repeats=1, trained_epochs=(2, 5)), 10, False, False)
+    assert [u.epochs for u in plan(constant, 10) if u.kind == "full"] == [None, None]    # one run, checkpoints
+    assert source_epochs(constant, 10) == (2, 5, 9, 10)
     with pytest.raises(LtrayError, match="one source"):
         check(Recipe(sources=2), 10, False, True)
 
 
-def _member(kind, seed, epochs, seconds, pred, labels, n_classes=3):
+def test_snapshot_learning_rates_and_copies_are_units_of_their_own():
+    recipe = check(Recipe(members=2, repeats=1, snapshot_lrs=(0.1, 0.01), copies=True), 4, False, False)
+    units = plan(recipe, 4)
+    assert [u.lr for u in units if u.kind == "snapshot"] == [0.01, 0.1]
+    assert [(u.seed, u.source) for u in units if u.kind == "copy"] == [(1000, 0), (1001, 0)]
+    assert len({u.name() for u in units}) == len(units)
+    with pytest.raises(LtrayError, match="--snapshot-lrs must be > 0"):
+        check(Recipe(snapshot_lrs=(0.0,)), 10, False, False)
+
+
+def test_the_95_percent_interval_is_students():
+    from scipy import stats
+
+    values = [97.9, 98.2, 98.0, 98.4, 97.7]
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert ci95(values) == pytest.approx((high - low) / 2)
+    assert ci95([98.0]) != ci95([98.0])          # one repeat: no interval (NaN)
+
+
+def _member(kind, seed, epochs, seconds, pred, labels, n_classes=3, work=None):
     probs = np.full((len(labels), n_classes), 0.1 / (n_classes - 1))
     probs[np.arange(len(labels)), pred] = 0.9
-    return Member(dict(kind=kind, seed=seed, epochs=epochs, seconds=seconds), probs)
+    return Member(dict(kind=kind, seed=seed, epochs=epochs, seconds=seconds,
+                       epochs_eq=float(epochs) if work is None else work, lr=0.1), probs, probs)
 
 
 def test_assemble_counts_each_run_once_and_compares_every_ensemble_with_the_full_one():
@@ -81,11 +108,14 @@ def test_assemble_counts_each_run_once_and_compares_every_ensemble_with_the_full
             units[u] = [_member("full", u.seed, 4, 5.0, labels, labels)]
         elif u.kind == "snapshot":
             units[u] = [_member("snapshot", u.seed, e, e * 2.0, labels, labels) for e in (2, 4)]
-        else:                     # transferred: 0.5 s of transfer, 1 s per fine-tuning epoch
-            units[u] = [_member("transferred", u.seed, s, 0.5 + s, [1, 1, 2, 0, 1, 2], labels) for s in (0, 1)]
-    rows = pd.DataFrame(assemble(recipe, 4, units, labels, {"finetune_lr": 1e-3, "finetune_optimizer": "adam",
-                                                               "T": 3}))
+        else:                     # transferred: 0.5 s (0.25 epochs-eq) of transfer, 1 s per fine-tuning epoch
+            units[u] = [_member("transferred", u.seed, s, 0.5 + s, [1, 1, 2, 0, 1, 2], labels, work=0.25 + s)
+                        for s in (0, 1)]
+    rows = pd.DataFrame(assemble(recipe, 4, units, labels, labels, {"finetune_lr": 1e-3, "finetune_optimizer": "adam",
+                                                                       "T": 3}))
     assert list(rows.kind.drop_duplicates()) == ["source", "checkpoint", "snapshot", "full", "transferred"]
+    assert list(rows[rows.kind == "full"]["size"]) == [1, 2]     # every size, for the deep-ensemble equivalent
+    rows = rows[(rows.kind != "full") | (rows["size"] == 2)]
     by = rows.set_index(["kind", "epochs"])
     assert by.loc[("source", 4), "seconds"] == 4.0 and by.loc[("source", 4), "test_acc"] == pytest.approx(500 / 6)
     assert by.loc[("checkpoint", 4), "seconds"] == 4.0 and by.loc[("checkpoint", 4), "seeds"] == "0,0"
@@ -93,6 +123,8 @@ def test_assemble_counts_each_run_once_and_compares_every_ensemble_with_the_full
     assert by.loc[("full", 4), "seconds"] == 10.0 and by.loc[("full", 4), "x_full"] == 1.0
     ft = by.loc[("transferred", 1)]                            # the source (4 s, once) + one member (1.5 s)
     assert ft.seconds == 5.5 and ft.source_seconds == 4.0 and ft.x_full == 0.55
+    assert ft.epochs_eq == 4 + 1.25 and ft.x_full_eq == 5.25 / 8       # in passes: the source's 4 + the member's
+    assert by.loc[("snapshot", 4), "epochs_eq"] == 4.0 and by.loc[("checkpoint", 4), "epochs_eq"] == 4.0
     assert ft["size"] == 2 and ft.sources == 1 and ft.with_sources and ft.finetune_epochs == 1
     assert ft.finetune_optimizer == "adam" and ft["T"] == 3
     assert by.loc[("source", 4), "finetune_lr"] != by.loc[("source", 4), "finetune_lr"]  # null beyond transferred
@@ -106,7 +138,7 @@ def test_assemble_counts_each_run_once_and_compares_every_ensemble_with_the_full
 def run(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("ensemble")
     assert main([*SMALL, "--members", "2", "--repeats", "2", "--finetune-epochs", "0,1", "--trained-epochs", "2",
-                 "--method", "fgmt,naive", "--out", str(out)]) == 0
+                 "--method", "fgmt,naive", "--copies", "--out", str(out)]) == 0
     return out
 
 
@@ -134,7 +166,21 @@ def test_every_kind_is_in_one_table_and_its_numbers_are_its_members(run):
     assert (moved.seconds > moved.source_seconds).all()
     full = ensembles[(ensembles.kind == "full") & (ensembles.epochs == 4)]
     # --trained-epochs 2 "also": the recipe's 4 epochs are evaluated too, and x_full divides by the full ensemble there
-    assert (full.x_full == 1.0).all() and set(ensembles[ensembles.kind == "full"].epochs) == {2, 4}
+    assert (full[full["size"] == 2][["x_full", "x_full_eq"]] == 1.0).all().all()
+    assert set(ensembles[ensembles.kind == "full"].epochs) == {2, 4}
+    assert (full.dee == full["size"]).all()      # a full ensemble of m members is worth m of its own kind
+    every_full = ensembles[ensembles.kind == "full"]
+    assert (every_full.epochs_eq == every_full.epochs * every_full["size"]).all()
+    # the control without transfer: before fine-tuning, every copy is the source itself
+    copies = ensembles[(ensembles.kind == "copy") & (ensembles.epochs == 0)].set_index("repeat")
+    source = ensembles[(ensembles.kind == "source") & (ensembles.epochs == 4)].set_index("repeat")
+    assert (copies.disagreement == 0).all() and copies.test_acc.sort_index().equals(source.test_acc.sort_index())
+    # a transferred ensemble's passes: its source's 4 epochs once, plus its members' (transfer and fine-tuning)
+    for row in moved.itertuples():
+        mine = members[(members.repeat == row.repeat) & (members.kind == "transferred") & (members.method == row.method)
+                       & (members.epochs == row.epochs)]
+        assert row.epochs_eq == pytest.approx(4 + mine.epochs_eq.sum()) and (mine.epochs_eq >= row.epochs).all()
+    assert ((ensembles.temperature > 0) & ensembles.test_nll_ts.notna() & ensembles.val_acc.between(0, 100)).all()
     assert set(ensembles[ensembles.kind == "snapshot"].epochs) == {4}   # 4 epochs: 2 cycles of 2
     for _, row in ensembles[ensembles["size"] == 2].iterrows():
         assert row.gain == pytest.approx(row.test_acc - row.member_acc_mean)
@@ -148,7 +194,7 @@ def test_every_kind_is_in_one_table_and_its_numbers_are_its_members(run):
     chance = 100 / 10
     transferred = members[members.kind == "transferred"]
     assert (transferred[transferred.epochs == 0].test_acc > chance + 50).all()     # no fine-tuning: ~80-90 %
-    for row in ensembles[ensembles.kind.isin(["source", "full", "transferred"])].itertuples():
+    for row in ensembles[ensembles.kind.isin(["source", "full", "transferred", "copy"])].itertuples():
         seeds = [int(s) for s in row.seeds.split(",")]
         mine = [probs[(row.repeat, row.kind, row.method, s, row.epochs)] for s in seeds]
         mean = np.mean(mine, axis=0)
@@ -166,9 +212,9 @@ def test_a_rerun_skips_finished_units_and_rebuilds_the_same_tables(run, capsys):
     before = pd.read_parquet(run / "ensemble.parquet")
     capsys.readouterr()
     assert main([*SMALL, "--members", "2", "--repeats", "2", "--finetune-epochs", "0,1", "--trained-epochs", "2",
-                 "--method", "fgmt,naive", "--out", str(run)]) == 0
+                 "--method", "fgmt,naive", "--copies", "--out", str(run)]) == 0
     printed = capsys.readouterr().out
-    assert "16 of 16 units already" in printed and "wall" not in printed
+    assert "20 of 20 units already" in printed and "wall" not in printed
     pd.testing.assert_frame_equal(pd.read_parquet(run / "ensemble.parquet"), before)
     assert "test split: 359 images (one image = 0.28 pt); mean over 2 repeats" in printed
     assert len(list((run / "sources").iterdir())) == 2          # one source per repeat, kept for reruns

@@ -53,3 +53,25 @@ def test_the_mean_softmax_never_has_a_higher_nll_than_its_members_on_average():
     assert m["test_nll"] == pytest.approx(nll(mean_probs(members), labels))
     one = ensemble_metrics(members[:1], labels)   # an ensemble of one is its member
     assert one["gain"] == 0.0 and one["test_acc"] == accuracy(members[0], labels) and np.isnan(one["disagreement"])
+
+
+def test_temperature_scaling_never_raises_the_nll_of_the_split_it_is_fitted_on():
+    from ltray.metrics import temperature_scaled
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 500)
+    logits = rng.normal(size=(500, 10)) + 2.0 * np.eye(10)[labels]     # right two times in three, and sharpened:
+    probs = np.exp(3 * logits) / np.exp(3 * logits).sum(1, keepdims=True)   # overconfident
+    fit = temperature_scaled(probs, labels, probs, labels)
+    assert fit["temperature"] > 1.2                                   # it cools an overconfident model down
+    assert fit["test_nll_ts"] < nll(probs, labels)
+    assert temperature_scaled(probs, labels, probs, labels)["test_ece_ts"] < ece(probs, labels)
+
+
+def test_the_deep_ensemble_equivalent_reads_the_full_ensembles_nll_curve():
+    from ltray.metrics import deep_ensemble_equivalent as dee
+
+    curve = [0.30, 0.20, 0.16, 0.15]                # NLL of full ensembles of 1..4 members
+    assert [dee(v, curve) for v in curve] == [1.0, 2.0, 3.0, 4.0]
+    assert dee(0.25, curve) == pytest.approx(1.5) and dee(0.18, curve) == pytest.approx(2.5)
+    assert dee(0.4, curve) == 0.0 and dee(0.1, curve) == float("inf")

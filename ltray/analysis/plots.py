@@ -335,19 +335,26 @@ def ablation_figure(rows, methods: tuple[str, ...] = ("gmt", "fgmt")) -> Figure:
 
 KIND_STYLE = {"source": ("tab:gray", "s", "single source model"), "checkpoint": ("tab:brown", "v", "checkpoint ensemble"),
               "snapshot": ("tab:purple", "D", "snapshot ensemble"), "full": ("black", "o", "full ensemble"),
+              "copy": ("tab:cyan", "P", "copies of the source, fine-tuned (no transfer)"),
               "transferred": ("tab:orange", "^", "transferred")}
 
 
 def ensemble_figure(ensembles: pd.DataFrame, title: str = "", series: pd.Series | None = None) -> Figure:
-    """Test accuracy and NLL of every kind of ensemble against its compute seconds: one curve per kind (and per
-    transferred recipe: `series`, by default method and sources), a point per setting (numbers: epochs per
-    member, fine-tuning epochs when transferred), error bars = std over repeats."""
+    """Test accuracy and NLL of every kind of ensemble of the largest size against its compute in passes over the
+    training set (epochs_eq; seconds for results written before it existed): one curve per kind (and per
+    transferred recipe: `series`, by default method and sources; per peak lr for snapshots), a point per
+    setting (numbers: epochs per member, fine-tuning epochs when transferred), error bars = std over repeats."""
     fig, axes = figure(2, 1, panel=(5.6, 4.0))
+    size = int(ensembles["size"].max())
+    ensembles = ensembles[(ensembles.kind != "full") | (ensembles["size"] == size)]
+    work = "epochs_eq" if "epochs_eq" in ensembles and ensembles.epochs_eq.notna().all() else "seconds"
     if series is None:
         series = pd.Series([k if k != "transferred" else f"{NAMES.get(m, m)}, {s} source{'s' if s > 1 else ''}"
                             f"{' + sources' if w else ''}" for k, m, s, w in
                             zip(ensembles.kind, ensembles.method, ensembles.sources, ensembles.with_sources)],
                            index=ensembles.index)
+    if "lr" in ensembles and ensembles[ensembles.kind == "snapshot"].lr.nunique() > 1:
+        series = series.where(ensembles.kind != "snapshot", "snapshot, peak lr " + ensembles.lr.map("{:g}".format))
     df = ensembles.assign(series=series)
     shades = iter(["tab:orange", "tab:red", "tab:blue", "tab:green", "tab:olive", "tab:cyan", "tab:pink",
                    "gold", "tab:gray"])
@@ -355,9 +362,9 @@ def ensemble_figure(ensembles: pd.DataFrame, title: str = "", series: pd.Series 
     for name, rows in df.groupby("series", sort=False):
         kind = rows.kind.iloc[0]
         color, marker, label = KIND_STYLE[kind]
-        if kind == "transferred":
-            color, label = next(shades), f"transferred: {name}"
-        stats = rows.groupby("epochs").agg(x=("seconds", "mean"), acc=("test_acc", "mean"), acc_sd=("test_acc", "std"),
+        if kind == "transferred" or name != kind:
+            color, label = next(shades), f"transferred: {name}" if kind == "transferred" else name
+        stats = rows.groupby("epochs").agg(x=(work, "mean"), acc=("test_acc", "mean"), acc_sd=("test_acc", "std"),
                                            nll=("test_nll", "mean"), nll_sd=("test_nll", "std")).sort_values("x")
         for ax, y in zip(axes[0], ("acc", "nll")):
             ax.errorbar(stats.x, stats[y], yerr=stats[f"{y}_sd"].fillna(0.0), color=color, marker=marker,
@@ -371,12 +378,13 @@ def ensemble_figure(ensembles: pd.DataFrame, title: str = "", series: pd.Series 
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("compute: seconds of training and transfer (log scale)")
+        ax.set_xlabel("compute: passes over the training set (epochs-equivalent, log scale)" if work == "epochs_eq"
+                      else "compute: seconds of training and transfer (log scale)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0, 0].set_title("(a) accuracy (labels: epochs per member)", loc="left", fontsize=9)
     axes[0, 1].set_title("(b) negative log-likelihood", loc="left", fontsize=9)
     axes[0, 1].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{title}: ensembles of {int(df['size'].max())} against compute; mean ± std over {n} repeat"
+    fig.suptitle(f"{title}: ensembles of {size} against compute; mean ± std over {n} repeat"
                  f"{'s' * (n > 1)}", fontsize=10)
     return fig

@@ -26,6 +26,13 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", help="digits (bundled, offline), mnist, fashion-mnist, cifar10, "
@@ -161,7 +168,8 @@ def add_ensemble_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-optimizer", default="adam", help="adam (default) or sgd (momentum 0.9)")
     g.add_argument("--finetune-batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
     g.add_argument("--trained-epochs", type=int_list, default=(),
-                   help="also evaluate the source and the full members after these epochs (constant-lr recipes)")
+                   help="also evaluate full ensembles (and, at a constant lr, the source) after these epochs; under "
+                        "--cosine or warm-up each is its own annealed run of that many epochs")
     g.add_argument("--full-ensemble", action=argparse.BooleanOptionalAction, default=True,
                    help="train M independent members like the source, the reference (default on)")
     g.add_argument("--snapshot-epochs", type=int_list, default=(),
@@ -169,6 +177,12 @@ def add_ensemble_args(p: argparse.ArgumentParser) -> None:
                         "rounded up to a multiple of M)")
     g.add_argument("--snapshot", action=argparse.BooleanOptionalAction, default=True,
                    help="build the snapshot ensemble (default on)")
+    g.add_argument("--snapshot-lrs", type=float_list, default=(),
+                   help="peak learning rate(s) of the snapshot runs, one run each, to pick from on validation "
+                        "(default: the source's)")
+    g.add_argument("--copies", action="store_true",
+                   help="the control: M copies of the source fine-tuned like the transferred members (each its own "
+                        "data order), no transfer")
     g.add_argument("--trajectory", default=None, help="transfer this saved source instead of training one")
     g.add_argument("--seed", type=int, default=0, help="base seed: repeat r's sources are seed+10000r+k, its "
                    "targets and full members seed+10000r+1000+j")

@@ -45,7 +45,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
         train_cfg = replace(recorded_recipe(given, train_cfg), epochs=given.epochs[-1])
     recipe = check(Recipe(args.members, args.sources, args.repeats, methods, tuple(args.finetune_epochs),
                           tuple(args.trained_epochs), tuple(args.snapshot_epochs), args.full_ensemble,
-                          args.snapshot, args.with_sources, args.seed),
+                          args.snapshot, args.with_sources, args.seed, tuple(args.snapshot_lrs), args.copies),
                    train_cfg.epochs, train_cfg.cosine or train_cfg.warmup_epochs > 0, given is not None)
     finetune_cfg = FinetuneConfig(max(args.finetune_epochs, default=0), args.finetune_lr, args.finetune_batch_size,
                                   args.finetune_optimizer)
@@ -56,17 +56,24 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     seed_given = int(given.meta.get("seed", 0)) if given else None
     # what determines the numbers (never the data's path); a unit file is reused only by a run computing the same
     data_id = data_cfg.identity()
-    snapshot_cfg = {e: replace(train_cfg, epochs=e, cycles=args.members, cosine=False) for e in recipe.snapshot_epochs}
+    snapshot_cfg = {(e, lr): replace(train_cfg, epochs=e, cycles=args.members, cosine=False, warmup_epochs=0,
+                                     lr=lr or train_cfg.lr)
+                    for e in recipe.snapshot_epochs for lr in recipe.snapshot_lrs or (None,)}
+    full_cfg = {e: replace(train_cfg, epochs=e) for e in recipe.trained_epochs}   # annealed: one run per budget
     source_id = {u.source: (f"given-{trajectory_digest(given)}" if given else
                             config_hash(data_id, model_cfg, train_cfg, {"seed": u.source}))
                  for u in plan(recipe, train_cfg.epochs, seed_given) if u.source is not None}
     keys = {"source": lambda u: (source_id[u.source], source_epochs(recipe, train_cfg.epochs)),
-            "full": lambda u: (data_id, model_cfg, train_cfg, recipe.trained_epochs, u.seed),
-            "snapshot": lambda u: (data_id, model_cfg, snapshot_cfg[u.epochs], u.seed),
+            "full": lambda u: (data_id, model_cfg, full_cfg[u.epochs], (u.epochs,), u.seed) if u.epochs else
+            (data_id, model_cfg, train_cfg, recipe.trained_epochs, u.seed),
+            "snapshot": lambda u: (data_id, model_cfg, snapshot_cfg[u.epochs, u.lr], u.seed),
             "transferred": lambda u: (source_id[u.source], data_id, model_cfg, train_cfg, transfer_cfg,
-                                      replace(finetune_cfg, epochs=0), recipe.stages, u.method, u.seed)}
+                                      replace(finetune_cfg, epochs=0), recipe.stages, u.method, u.seed),
+            "copy": lambda u: (source_id[u.source], data_id, model_cfg, transfer_cfg.bn_samples,
+                               replace(finetune_cfg, epochs=0), recipe.stages, u.seed)}
     units = plan(recipe, train_cfg.epochs, seed_given)
-    path = {u: out / "members" / f"{u.name()}-{config_hash(*keys[u.kind](u))}.safetensors" for u in units}
+    path = {u: out / "members" / f"{u.name()}-{config_hash(UNIT_FORMAT, *keys[u.kind](u))}.safetensors"
+            for u in units}
     done = {u: load_unit(path[u]) for u in units if path[u].exists()}
     todo = [u for u in units if u not in done]
     if done:
@@ -74,7 +81,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     t0, task_seconds = time.perf_counter(), 0.0
     if todo:
         jobs = dict(model_cfg=model_cfg, train_cfg=train_cfg, transfer_cfg=transfer_cfg, finetune_cfg=finetune_cfg,
-                    snapshot_cfg=snapshot_cfg, source_epochs=source_epochs(recipe, train_cfg.epochs),
+                    snapshot_cfg=snapshot_cfg, full_cfg=full_cfg, source_epochs=source_epochs(recipe, train_cfg.epochs),
                     trained_epochs=recipe.trained_epochs, stages=recipe.stages)
         runner = _Units(todo, path, done, {s: out / "sources" / f"{i}.safetensors" for s, i in source_id.items()},
                         given, data, data_cfg, jobs)
@@ -97,6 +104,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
         print(f"wall {wall:.1f} s for {len(todo)} units; their own seconds sum to {task_seconds:.1f} s")
 
 
+UNIT_FORMAT = 2   # in every unit file's key: files of an older format (no validation softmax) are recomputed
 RAY_START_SECONDS = 8.0   # starting the local Ray and its first workers, measured here (2 cores; docs/ray.md)
 
 
@@ -133,15 +141,18 @@ class _Units:
         j = self.jobs
         if u.kind == "source":
             return source_members, dict(model_cfg=j["model_cfg"], source=source, epochs=j["source_epochs"])
-        if u.kind in ("full", "snapshot"):
-            cfg = j["train_cfg"] if u.kind == "full" else j["snapshot_cfg"][u.epochs]
-            epochs = j["trained_epochs"] if u.kind == "full" else \
-                tuple(range(u.epochs // cfg.cycles, u.epochs + 1, u.epochs // cfg.cycles))
+        if u.kind == "full":
+            cfg, epochs = (j["full_cfg"][u.epochs], (u.epochs,)) if u.epochs else (j["train_cfg"], j["trained_epochs"])
+            return trained_members, dict(kind=u.kind, model_cfg=j["model_cfg"], train_cfg=cfg, seed=u.seed,
+                                         epochs=epochs)
+        if u.kind == "snapshot":
+            cfg = j["snapshot_cfg"][u.epochs, u.lr]
+            epochs = tuple(range(u.epochs // cfg.cycles, u.epochs + 1, u.epochs // cfg.cycles))
             return trained_members, dict(kind=u.kind, model_cfg=j["model_cfg"], train_cfg=cfg, seed=u.seed,
                                          epochs=epochs)
         return transferred_members, dict(model_cfg=j["model_cfg"], train_cfg=j["train_cfg"],
                                          transfer_cfg=j["transfer_cfg"], finetune_cfg=j["finetune_cfg"],
-                                         stages=j["stages"], method=u.method, source=source, seed=u.seed)
+                                         stages=j["stages"], method=u.method or "copy", source=source, seed=u.seed)
 
     def finished(self, u: Unit, members: list, seconds: float) -> None:
         from ..ensemble.members import save_unit
@@ -265,7 +276,8 @@ def _publish(recipe: Recipe, epochs: int, units: dict, data, data_cfg, model_cfg
     arch = dict(dataset=data_cfg.name, model=model_cfg.name, width=width)
     members = [{**arch, **provenance(run_id), **m.row} for u in units for m in units[u]]   # the task's device
     ensembles = pd.DataFrame([{**arch, **provenance(run_id), **row}
-                              for row in assemble(recipe, epochs, units, data.test.y.numpy(), finetune)])
+                              for row in assemble(recipe, epochs, units, data.test.y.numpy(), data.val.y.numpy(),
+                                                  finetune)])
     write_parquet(members, MEMBERS_SCHEMA, out / "members.parquet")
     write_parquet(ensembles, ENSEMBLE_SCHEMA, out / "ensemble.parquet")
     written = [out / "members.parquet", out / "ensemble.parquet"]

@@ -1,130 +1,180 @@
-"""Reading ensemble results (ENSEMBLE_SCHEMA rows, several runs or recipes): means over repeats, the best
-ensemble of each kind within a compute budget, and the verdict on "as accurate as the full ensemble for less".
-Pure pandas: no Ray, no plotting."""
+"""Reading ensemble results (ENSEMBLE_SCHEMA rows, several runs or recipes): means over repeats with 95 %
+intervals, the setting of each kind chosen on the validation split within a compute budget, and the verdict on
+"as accurate as the full ensemble for less". Compute is in passes over the training set (x_full_eq: / the
+M-member full ensemble's), seconds beside it. Pure pandas: no Ray, no plotting."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-SETTING = ["kind", "method", "sources", "with_sources", "epochs", "finetune_optimizer", "finetune_lr"]
-METRICS = ["test_acc", "test_nll", "test_ece", "disagreement", "gain", "member_acc_mean", "seconds", "x_full"]
+from .recipe import KINDS, ci95
+
+SETTING = ["kind", "method", "size", "sources", "with_sources", "epochs", "lr", "finetune_optimizer", "finetune_lr"]
+METRICS = ["val_acc", "test_acc", "test_nll", "test_nll_ts", "test_ece", "test_ece_ts", "disagreement", "gain",
+           "member_acc_mean", "epochs_eq", "x_full_eq", "seconds", "x_full"]
 BUDGETS = (0.25, 0.5, 0.75, 1.0)
+BASELINES = ("source", "checkpoint", "snapshot", "full", "copy")
+NAMES = {"fgmt": "FGMT", "gmt": "GMT", "naive": "Naive", "oracle": "Oracle"}
 
 
 def recipe_label(row) -> str:
-    """How a transferred ensemble was made, e.g. 'FGMT, 2 sources + sources, adam 1e-3'."""
-    if row["kind"] != "transferred":
-        return row["kind"]
-    sources = f"{row['sources']} source{'s' if row['sources'] > 1 else ''}" + (" + sources" if row["with_sources"] else "")
-    method = {"fgmt": "FGMT", "gmt": "GMT", "naive": "Naive", "oracle": "Oracle"}.get(row["method"], row["method"])
-    return f"{method}, {sources}, {row['finetune_optimizer']} {row['finetune_lr']:g}"
+    """How an ensemble was made, e.g. 'FGMT, 2 sources + sources, adam 0.001', 'snapshot, peak lr 0.1',
+    'full, 3 members'."""
+    kind = row["kind"]
+    if kind == "transferred":
+        sources = f"{row['sources']} source{'s' if row['sources'] > 1 else ''}" + \
+            (" + sources" if row["with_sources"] else "")
+        return f"{NAMES.get(row['method'], row['method'])}, {sources}, {row['finetune_optimizer']} {row['finetune_lr']:g}"
+    if kind == "copy":
+        return f"copies, {row['finetune_optimizer']} {row['finetune_lr']:g}"
+    if kind == "snapshot" and row.get("lr") == row.get("lr") and row.get("lr") is not None:
+        return f"snapshot, peak lr {row['lr']:g}"
+    if kind == "full":
+        return f"full, {int(row['size'])} member{'s' * (int(row['size']) > 1)}"
+    return kind
+
+
+def _settings(ensembles: pd.DataFrame) -> pd.DataFrame:
+    """Each (repeat, setting) once (recipes run into one folder share their baselines), with its label."""
+    df = ensembles.drop_duplicates(["repeat"] + SETTING)
+    return df.assign(label=[recipe_label(r) for _, r in df.iterrows()])
 
 
 def means(ensembles: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting: the mean of every metric over repeats (x_full as written by the run: / the M-member
-    full ensemble of the same repeat, ltray.results.ENSEMBLE_SCHEMA), the std of accuracy and NLL, and n."""
-    df = ensembles.assign(label=[recipe_label(r) for _, r in ensembles.iterrows()])
-    keys = ["label"] + SETTING
-    g = df.groupby(keys, dropna=False, sort=False)
-    out = g[METRICS].mean().join(g.test_acc.std().rename("acc_std")).join(g.test_nll.std().rename("nll_std"))
-    out = out.join(g.repeat.nunique().rename("n")).reset_index()
-    return out.drop_duplicates(keys)
+    """One row per setting: the mean of every metric over repeats, the 95 % interval of test accuracy (acc_ci),
+    the std of the seconds (seconds_sd), the median deep-ensemble equivalent (dee; inf where it beats the largest
+    full ensemble) and n."""
+    df = _settings(ensembles)
+    g = df.groupby(["label"] + SETTING, dropna=False, sort=False)
+    out = g[METRICS].mean()
+    out = out.join(g.test_acc.agg(ci95).rename("acc_ci")).join(g.seconds.std().rename("seconds_sd"))
+    out = out.join(g.dee.median().rename("dee")).join(g.repeat.nunique().rename("n")).reset_index()
+    return out.assign(order=out.kind.map(KINDS.index)).sort_values(["order", "label", "epochs"]).drop(columns="order")
 
 
-def best_within(table: pd.DataFrame, budget: float) -> pd.DataFrame:
-    """Per label (a kind, or a transferred recipe), its most accurate setting costing <= budget x the full
-    ensemble (mean x_full over repeats)."""
-    ok = table[table.x_full <= budget + 1e-9]
-    return ok.sort_values("test_acc", ascending=False).drop_duplicates("label").sort_values("test_acc",
-                                                                                           ascending=False)
+def choose(table: pd.DataFrame, budget: float) -> pd.Series | None:
+    """The setting with the best mean validation accuracy among those costing <= budget x the full ensemble's
+    passes (None if none does)."""
+    ok = table[table.x_full_eq <= budget + 1e-9]
+    return None if ok.empty else ok.loc[ok.val_acc.idxmax()]
 
 
-def verdict(table: pd.DataFrame, within: float = 0.2, budget: float = 0.5) -> dict:
-    """Does a transferred ensemble come within `within` pt of the full ensemble at <= `budget` of its compute,
-    and beat the snapshot ensemble that costs no more? Returns the numbers that answer it."""
-    full = table[(table.kind == "full") & (table.x_full.round(6) == 1.0)].iloc[0]
-    moved = best_within(table[table.kind == "transferred"], budget)
-    best = moved.iloc[0] if len(moved) else None
-    out = {"full_acc": full.test_acc, "full_nll": full.test_nll, "best": best}
+def paired_gap(ensembles: pd.DataFrame, a: pd.Series, b: pd.Series) -> tuple[float, float]:
+    """Mean and 95 % interval over repeats of the test-accuracy difference a - b (same repeat, same seeds)."""
+    df = _settings(ensembles)
+
+    def per_repeat(setting):
+        mask = np.ones(len(df), bool)
+        for k in SETTING:
+            v = setting[k]
+            mask &= (df[k].isna() if v is None or v != v else df[k] == v).to_numpy()
+        return df[mask].set_index("repeat").test_acc
+
+    diff = (per_repeat(a) - per_repeat(b)).dropna()
+    return float(diff.mean()), ci95(diff)
+
+
+def verdict(table: pd.DataFrame, ensembles: pd.DataFrame, within: float = 0.2, budget: float = 0.5) -> dict:
+    """The transferred setting chosen on validation within `budget` x the full ensemble's passes; its gap to the
+    M-member full ensemble (paired over repeats, with its 95 % interval: the target is met when the interval's
+    low end is above -within); and every baseline kind chosen on validation at no more compute, with the gap."""
+    full = table[(table.kind == "full") & (table.x_full_eq.round(9) == 1.0)].iloc[0]
+    best = choose(table[table.kind == "transferred"], budget)
+    out = {"full": full, "best": best, "budget": budget, "within": within}
     if best is not None:
-        cheaper = table[(table.x_full <= best.x_full + 1e-9) & (table.kind != "transferred")]
-        out["gap"] = best.test_acc - full.test_acc
-        out["rivals"] = {k: rows.sort_values("test_acc").iloc[-1] for k, rows in cheaper.groupby("kind")}
-        snap = out["rivals"].get("snapshot")
-        out["meets_accuracy"] = out["gap"] >= -within
-        out["beats_snapshot"] = snap is None or best.test_acc > snap.test_acc
+        out["gap"] = paired_gap(ensembles, best, full)
+        out["meets_accuracy"] = out["gap"][0] - (out["gap"][1] if out["gap"][1] == out["gap"][1] else 0) >= -within
+        out["rivals"] = {}
+        for kind in BASELINES:
+            rival = choose(table[table.kind == kind], float(best.x_full_eq))
+            if rival is not None:
+                out["rivals"][kind] = (rival, paired_gap(ensembles, best, rival))
+        out["ahead_of_all"] = all(gap[0] > 0 for _, gap in out["rivals"].values())
     return out
 
 
 def front_markdown(table: pd.DataFrame) -> str:
-    """Best accuracy (mean over repeats) of each kind, and of the transferred recipes, within each budget."""
-    kinds = ["source", "checkpoint", "snapshot", "full", "transferred"]
-    lines = ["| budget (x full) | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    """Per budget and kind, the setting chosen on validation: its test accuracy ± 95 % interval."""
+    kinds = list(BASELINES) + ["transferred"]
+    lines = ["| budget (x full, passes) | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
     for b in BUDGETS:
-        best = table[table.x_full <= b + 1e-9].sort_values("test_acc").groupby("kind").tail(1)
         cells = []
         for k in kinds:
-            row = best[best.kind == k]
-            cells.append("-" if row.empty else
-                         f"{row.test_acc.iloc[0]:.2f} ({_setting(row.iloc[0])}, {row.x_full.iloc[0]:.2f}x)")
+            row = choose(table[table.kind == k], b)
+            cells.append("-" if row is None else f"{_acc(row)} ({_setting(row)}, {row.x_full_eq:.2f}x)")
         lines.append(f"| <= {b:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _setting(row) -> str:
-    if row["kind"] == "transferred":
-        return f"{recipe_label(row)}, {int(row['epochs'])} ep"
-    return f"{int(row['epochs'])} ep"
+    return f"{row['label']}, {int(row['epochs'])} ep"
+
+
+def _acc(row) -> str:
+    return f"{row.test_acc:.2f}" + (f" ± {row.acc_ci:.2f}" if row.acc_ci == row.acc_ci else "")
 
 
 def table_markdown(table: pd.DataFrame) -> str:
-    cols = ["setting", "acc", "NLL", "ECE", "disagreement", "gain", "seconds", "x full", "n"]
+    cols = ["setting", "val acc", "test acc", "NLL", "NLL (T)", "ECE", "ECE (T)", "disagreement", "gain", "passes",
+            "x full (passes)", "seconds", "x full (s)", "DEE", "n"]
     lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for _, r in table.iterrows():
-        setting = f"{r['label']}, {int(r['epochs'])} ep" + (f" (size {int(r['size'])})" if "size" in r else "")
-        lines.append(f"| {setting} | {r.test_acc:.2f} ± {r.acc_std:.2f} | {r.test_nll:.4f} | {r.test_ece:.2f} | "
-                     f"{_num(r.disagreement)} | {r.gain:+.2f} | {r.seconds:.1f} | {_num(r.x_full)} | "
-                     f"{int(r.n)} |")
+        lines.append(f"| {_setting(r)} | {r.val_acc:.2f} | {_acc(r)} | {r.test_nll:.4f} | {r.test_nll_ts:.4f} | "
+                     f"{r.test_ece:.2f} | {r.test_ece_ts:.2f} | {_num(r.disagreement)} | {r.gain:+.2f} | "
+                     f"{r.epochs_eq:.1f} | {r.x_full_eq:.2f} | {r.seconds:.0f} ± {_num(r.seconds_sd, 0)} | "
+                     f"{r.x_full:.2f} | {_dee(r.dee)} | {int(r.n)} |")
     return "\n".join(lines)
 
 
-def _num(v: float) -> str:
-    return "-" if v != v else f"{v:.2f}"
+def _num(v: float, digits: int = 2) -> str:
+    return "-" if v != v else f"{v:.{digits}f}"
+
+
+def _dee(v: float) -> str:
+    return "-" if v != v else "> M" if v == float("inf") else "< 1" if v == 0 else f"{v:.2f}"
 
 
 def study_summary(ensembles: pd.DataFrame, recipes: dict[str, tuple[list[str], str]]) -> str:
-    """summary.md of experiments/ensemble_study.py: per source lr, the verdict, the best of each kind within
-    each budget, the baselines and every transferred recipe (means over repeats)."""
-    keys = ["source_lr", "repeat"] + SETTING
-    rows = ensembles.drop_duplicates(keys)
-    first = rows.iloc[0]
+    """summary.md of experiments/ensemble_study.py: the verdict, the setting of each kind chosen on validation
+    within each budget, and every setting's numbers (means over repeats)."""
+    table = means(ensembles)
+    first, n = ensembles.iloc[0], int(table.n.max())
+    tried = {k: int((table.kind == k).sum()) for k in KINDS if (table.kind == k).any()}
     out = [f"# Ensembles by transfer: {first['dataset']}, {first['model']} width {int(first['width'])}, "
-           f"{int(rows['size'].max())} members",
+           f"{int(ensembles['size'].max())} members, {n} repeats",
            "",
-           "Generated by `experiments/ensemble_study.py` (test split, mean ± std over repeats; n = repeats). "
-           "Accuracy and ECE in %, NLL in nats, disagreement in % of test points, gain = ensemble acc - mean "
-           "member acc (pt); seconds: training and transfer of every member (each source run counted once); "
-           "x full: / the seconds of the M-member full ensemble (every member, all the recipe's epochs) in the same "
-           "repeat. Recipes (transferred ensembles):", ""]
+           "Generated by `experiments/ensemble_study.py`. Settings are chosen on the validation split (best mean "
+           "validation accuracy within a budget) and reported on the test split: mean ± 95 % interval over "
+           f"repeats (Student's t, n = {n}). Settings tried per kind: "
+           + ", ".join(f"{k} {v}" for k, v in tried.items()) + ". Compute in passes over the training set "
+           "(epochs-equivalent: a forward+backward pass over every training image is 1; a forward pass 1/3; "
+           "transfers count their gradients and evaluations, not their assignment solves), x full: / the M-member "
+           "full ensemble's (every member an annealed run of the recipe's epochs), same repeat; seconds: mean ± std "
+           "over repeats, taken on a shared 2-core machine (secondary). NLL (T), ECE (T): after temperature scaling "
+           "fitted on validation. DEE: deep-ensemble equivalent (the full-ensemble size of equal test NLL, median "
+           "over repeats). Recipes (runs; their transferred settings are the candidates):", ""]
     out += [f"- `{name}`: {desc} (`{' '.join(args)}`)" for name, (args, desc) in recipes.items()]
-    for lr, part in rows.groupby("source_lr"):
-        table = means(part)
-        v = verdict(table)
-        out += ["", f"## Source lr {lr:g}", "", _verdict_text(v), "",
-                "Best accuracy of each kind within a compute budget (setting, x full):", "", front_markdown(table),
-                "", "### Baselines", "", table_markdown(table[table.kind != "transferred"]),
-                "", "### Transferred ensembles", "", table_markdown(table[table.kind == "transferred"])]
+    v = verdict(table, ensembles)
+    out += ["", "## Verdict", "", _verdict_text(v), "",
+            "## The setting of each kind chosen on validation within a budget", "", front_markdown(table),
+            "", "## Baselines", "", table_markdown(table[table.kind.isin(BASELINES)]),
+            "", "## Transferred ensembles", "", table_markdown(table[table.kind == "transferred"])]
     return "\n".join(out) + "\n"
 
 
 def _verdict_text(v: dict) -> str:
-    head = f"Full ensemble: {v['full_acc']:.2f} % (NLL {v['full_nll']:.4f})."
+    full = v["full"]
+    head = f"Full ensemble ({_setting(full)}): {_acc(full)} % (NLL {full.test_nll:.4f})."
     best = v["best"]
     if best is None:
-        return head + " No transferred ensemble costs <= 0.5x the full ensemble."
-    rivals = "; ".join(f"{k} {r.test_acc:.2f} ({_setting(r)}, {r.x_full:.2f}x)"
-                       for k, r in v["rivals"].items())
-    return (f"{head} Most accurate transferred ensemble at <= 0.5x its compute: {best.test_acc:.2f} ± "
-            f"{best.acc_std:.2f} (NLL {best.test_nll:.4f}; {_setting(best)}; {best.x_full:.2f}x), "
-            f"{v['gap']:+.2f} pt from the full ensemble: target (within 0.2 pt) "
-            f"{'met' if v['meets_accuracy'] else 'not met'}. Best baselines costing no more: {rivals}. "
-            f"Ahead of the snapshot ensemble at that compute: {'yes' if v['beats_snapshot'] else 'no'}.")
+        return head + f" No transferred ensemble costs <= {v['budget']:g}x its passes."
+    gap, ci = v["gap"]
+    rivals = "; ".join(f"{k}: {_acc(r)} ({_setting(r)}, {r.x_full_eq:.2f}x; transferred {g:+.2f} ± {c:.2f})"
+                       for k, (r, (g, c)) in v["rivals"].items())
+    return (f"{head} Transferred ensemble chosen on validation among those costing <= {v['budget']:g}x: "
+            f"{_acc(best)} (NLL {best.test_nll:.4f}; {_setting(best)}; {best.x_full_eq:.2f}x the passes, "
+            f"{best.x_full:.2f}x the seconds), {gap:+.2f} ± {ci:.2f} pt from the full ensemble (paired over "
+            f"repeats): target (within {v['within']:g} pt, interval included) "
+            f"{'met' if v['meets_accuracy'] else 'not met'}. Each baseline chosen on validation at no more passes "
+            f"(test accuracy; the transferred ensemble's paired gap to it): {rivals}. Ahead of every one of them "
+            f"on the mean: {'yes' if v['ahead_of_all'] else 'no'}.")
