@@ -144,8 +144,12 @@ def test_weight_matching_recovers_a_planted_permutation(name):
         spec = derive_spec(model, torch.randn(CASES[name][1]))
     else:
         model, _, spec = _derived(name)
-    state = _randomised_state(model)
-    perm = ltray.random_permutation(spec, seed=11)
+    assert_matching_recovers_a_planted_permutation(spec, _randomised_state(model))
+
+
+def assert_matching_recovers_a_planted_permutation(spec: PermutationSpec, state: dict, seed: int = 11) -> None:
+    """Weight matching of pi(state) to state finds pi, at an objective no lower than pi's."""
+    perm = ltray.random_permutation(spec, seed=seed)
     m = Matcher(spec)
     m.add_pair(ltray.apply_permutation(spec, perm, state), state)
     found = m.solve()

@@ -54,7 +54,8 @@ class PermutationSpec:
 def check_spec(spec: PermutationSpec, state: dict[str, torch.Tensor]) -> dict[str, int]:
     """Raise a one-line LtrayError unless `spec` covers every tensor of `state` with consistent sizes; return
     the group sizes. A group's size is read off the whole axes it acts on, else off a segmented axis where it
-    is the only group."""
+    is the only group, else taken from `spec.sizes` (a stream cut into GroupNorm's groups acts only on axes
+    shared with the other groups); every segmented axis must then add up."""
     missing = [k for k in state if k not in spec.axes]
     if missing:
         raise LtrayError(f"permutation spec does not cover tensor(s) {', '.join(missing[:3])}"
@@ -68,6 +69,8 @@ def check_spec(spec: PermutationSpec, state: dict[str, torch.Tensor]) -> dict[st
         if not whole:   # a group seen only inside segmented axes
             whole = {n for k, a in members if k in state
                      for n in [_lone_piece_size(spec.axes[k][a], state[k].shape[a])] if n is not None}
+        if not whole and spec.sizes and g in spec.sizes:
+            whole = {spec.sizes[g]}
         if len(whole) > 1:
             raise LtrayError(f"permutation group {g!r} acts on axes of different sizes {sorted(whole)}")
         if not whole and any(k in state for k, _ in members):
@@ -85,10 +88,11 @@ def check_spec(spec: PermutationSpec, state: dict[str, torch.Tensor]) -> dict[st
 
 
 def _lone_piece_size(entry: tuple[Segment, ...], length: int) -> int | None:
-    """The group size of a segmented axis of `length` entries with a single group piece (else None)."""
-    pieces = [block for g, block in entry if g is not None]
+    """The group size of a segmented axis of `length` entries where a single group acts, in one piece or several
+    (the two halves of a GLU's input, q, k and v of a fused projection), else None."""
+    blocks = [block for g, block in entry if g is not None]
     fixed = sum(n for g, n in entry if g is None)
-    return (length - fixed) // pieces[0] if len(pieces) == 1 else None
+    return (length - fixed) // sum(blocks) if len({g for g, _ in entry if g is not None}) == 1 else None
 
 
 # ---- the group action ----------------------------------------------------------------------------------
