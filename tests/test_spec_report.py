@@ -3,12 +3,14 @@ and the op that froze a group named."""
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import ltray
 from ltray.core.spec_report import FrozenOp, fixed_entries, spec_report
+from ltray.models import resolve_model
 
 
 class RunningSum(nn.Module):
@@ -61,3 +63,25 @@ def test_the_command_prints_the_report():
     assert done.stdout.splitlines() == [
         "MLP: 2 permutation group(s); 288 of 298 parameters move (96.6 %), 10 stay; 5 of 6 parameter tensors move",
         "  P_fc1  size 8", "  P_fc2  size 8", "frozen by ops: none"]
+
+
+def test_gated_mlps_and_attention_move_what_the_issue_asks():
+    """Issue 24's floor of 80 %: a GLU MLP and a small ViT (nn.MultiheadAttention, and explicit q/k/v with heads)
+    move all but their head's bias, and no op freezes a group (chunk, view into heads, attention have rules)."""
+    from test_autospec_rules import GLUMLP, TinyViT
+
+    torch.manual_seed(0)
+    for model, x in [(GLUMLP(), torch.randn(2, 48)), (TinyViT(attn="mha"), torch.randn(2, 3, 16, 16)),
+                     (TinyViT(attn="explicit"), torch.randn(2, 3, 16, 16))]:
+        report = spec_report(model, x)
+        assert report.frozen == () and report.moved_share >= 0.99, report.lines()[0]
+
+
+@pytest.mark.slow   # convnext_tiny has 28 M parameters: the two specs take ~11 s to derive and verify on 2 cores
+@pytest.mark.parametrize("name,groups", [("mobilenet_v2", 25), ("convnext_tiny", 22)])
+def test_torchvision_mobile_and_convnext_move_everything_but_the_classifier_bias(name, groups):
+    """Depthwise convolutions, squeeze-excitation, layer scale and channels-last LayerNorm all have rules."""
+    model = resolve_model(f"torchvision:{name}", num_classes=10, in_channels=3, image_size=32)
+    report = spec_report(model, torch.randn(2, 3, 32, 32))
+    assert report.frozen == () and len(report.groups) == groups
+    assert report.parameters - report.moved == 10
