@@ -230,3 +230,25 @@ def test_grouped_convolutions_move_whole_groups_and_groupnorm_channels_stay_in_t
     stream = tuple((g, 1) for g in ("P_stem", "P_stem[1]", "P_stem[2]"))   # GroupNorm(3, 24): 3 groups of 8
     assert spec.axes["gn.weight"] == (stream,) and spec.axes["head.weight"] == (None, stream)
     assert all(spec.sizes[g] == 8 for g, _ in stream)
+
+
+class UnalignedSum(nn.Module):
+    """3 channels of 2 positions plus 2 channels of 3 positions, flattened and added: blocks of 2 and 3 entries
+    do not nest, so no refinement lines them up."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv1d(1, 3, 1), nn.Conv1d(1, 2, 1), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.a(x[:, :, :2]).flatten(1) + self.b(x).flatten(1))
+
+
+def test_a_freeze_inside_a_rule_reaches_a_warnings_filter():
+    """The add's rule freezes and warns; with the warning an error, deriving stops there (it used to be swallowed by
+    the handler for rules that do not fit their arguments, leaving a silently frozen spec)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FrozenAxesWarning)
+        with pytest.raises(FrozenAxesWarning, match=r"'add' in 'UnalignedSum' joins axes whose segments do not line "
+                                                    r"up; froze P_a, P_b"):
+            ltray.spec_for(UnalignedSum(), torch.randn(2, 1, 3))

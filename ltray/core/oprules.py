@@ -319,6 +319,8 @@ class Labeller:
                     self.set(out, self.rules[name](args, kwargs, out))
             except _NoRule as e:
                 self.unknown(args, kwargs, out, str(e))
+            except Warning:   # a FrozenAxesWarning a filter made an error: the caller asked to stop there
+                raise
             except Exception as e:   # arguments a rule did not expect: fix what the call touches
                 self.unknown(args, kwargs, out, f"does not fit its rule ({type(e).__name__}: {e})")
         elif name not in _QUERIES:   # tuples of tensors, Python numbers read off tensors, in-place setitem, ...
