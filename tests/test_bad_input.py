@@ -68,6 +68,7 @@ CASES = [
     (["ensemble", *TINY, "--finetune-optimizer", "lbfgs"], "unknown fine-tuning optimizer 'lbfgs'"),
     (["ensemble", *TINY, "--snapshot-epochs", "3"], "--snapshot-epochs must be multiples of --members"),
     (["ensemble", *TINY, "--trained-epochs", "0"], "--trained-epochs must lie in 1..2"),
+    (["ensemble", *TINY, "--snapshot-lrs", "0.1,0"], "--snapshot-lrs must be > 0"),
     (["ensemble", *TINY, "--sources", "2", "--repeats", "1", "--trajectory", "{good}"], "gives one source"),
     (["ensemble", *TINY, "--finetune-epochs", "-1"], "--finetune-epochs needs epochs >= 0"),
     (["sweep", *TINY, "--T", "2,x"], "T values must be int"),
