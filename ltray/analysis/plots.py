@@ -339,6 +339,22 @@ KIND_STYLE = {"source": ("tab:gray", "s", "single source model"), "checkpoint": 
               "transferred": ("tab:orange", "^", "transferred")}
 
 
+def _clip_to_full(axes, df: pd.DataFrame, points: list) -> None:
+    """y-ranges set by the full ensemble's curve (1 pt below its least accurate point, 1.5x its highest NLL), so
+    that one poor setting does not flatten the rest; how many points fall outside is written on the panel."""
+    full = df[df.kind == "full"].groupby("epochs")[["test_acc", "test_nll"]].mean()
+    if full.empty:
+        return
+    low, high = full.test_acc.min() - 1.0, full.test_nll.max() * 1.5
+    for ax, outside, limit in ((axes[0], sum(a < low for a, _ in points), dict(bottom=low)),
+                               (axes[1], sum(v > high for _, v in points), dict(top=high))):
+        ax.set_ylim(**limit)
+        if outside:
+            ax.text(0.99, 0.01 if "bottom" in limit else 0.99, f"{outside} point{'s' * int(outside > 1)} off the axis",
+                    transform=ax.transAxes, fontsize=6, ha="right", va="bottom" if "bottom" in limit else "top",
+                    color="0.4")
+
+
 def ensemble_figure(ensembles: pd.DataFrame, title: str = "", series: pd.Series | None = None) -> Figure:
     """Test accuracy and NLL of every kind of ensemble of the largest size against its compute in passes over the
     training set (epochs_eq; seconds for results written before it existed): one curve per kind (and per
@@ -359,13 +375,16 @@ def ensemble_figure(ensembles: pd.DataFrame, title: str = "", series: pd.Series 
     shades = iter(["tab:orange", "tab:red", "tab:blue", "tab:green", "tab:olive", "tab:cyan", "tab:pink",
                    "gold", "tab:gray"])
     n = int(df.groupby(["series", "epochs"]).repeat.count().min())
+    points = []   # (accuracy, nll) of every point drawn, for the clipped y-ranges
     for name, rows in df.groupby("series", sort=False):
         kind = rows.kind.iloc[0]
         color, marker, label = KIND_STYLE[kind]
-        if kind == "transferred" or name != kind:
-            color, label = next(shades), f"transferred: {name}" if kind == "transferred" else name
+        if kind in ("transferred", "snapshot") and name != kind:   # several series of one kind
+            color = next(shades)
+        label = f"transferred: {name}" if kind == "transferred" else name if name != kind else label
         stats = rows.groupby("epochs").agg(x=(work, "mean"), acc=("test_acc", "mean"), acc_sd=("test_acc", "std"),
                                            nll=("test_nll", "mean"), nll_sd=("test_nll", "std")).sort_values("x")
+        points += list(zip(stats.acc, stats.nll))
         for ax, y in zip(axes[0], ("acc", "nll")):
             ax.errorbar(stats.x, stats[y], yerr=stats[f"{y}_sd"].fillna(0.0), color=color, marker=marker,
                         markersize=4, capsize=2, linewidth=1, label=label)
@@ -378,13 +397,14 @@ def ensemble_figure(ensembles: pd.DataFrame, title: str = "", series: pd.Series 
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("compute: passes over the training set (epochs-equivalent, log scale)" if work == "epochs_eq"
-                      else "compute: seconds of training and transfer (log scale)")
+        ax.set_xlabel("compute: passes over the training set (log)" if work == "epochs_eq"
+                      else "compute: seconds of training and transfer (log)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0, 0].set_title("(a) accuracy (labels: epochs per member)", loc="left", fontsize=9)
     axes[0, 1].set_title("(b) negative log-likelihood", loc="left", fontsize=9)
-    axes[0, 1].legend(fontsize=7, loc="best")
+    _clip_to_full(axes[0], df, points)
+    fig.legend(*axes[0, 1].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncols=3)
     fig.suptitle(f"{title}: ensembles of {size} against compute; mean ± std over {n} repeat"
                  f"{'s' * (n > 1)}", fontsize=10)
     return fig
