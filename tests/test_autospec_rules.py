@@ -1,7 +1,8 @@
-"""The rules of ltray.core.oprules that refine a group into a subgroup (issue 24): a Linear output split into a gate
-and a value (chunk, split, F.glu), features viewed as (heads, head_dim), nn.MultiheadAttention, grouped convolutions
-and GroupNorm. Each model's derived spec keeps f(x; pi theta) == f(x; theta) for a random pi that moves every
-group, undoing one tensor of it breaks that, and a planted permutation is recovered by weight matching."""
+"""The rules of ltray.core.oprules and attention_rules that refine a group into a subgroup (issue 24): a Linear output
+split into a gate and a value (chunk, split, F.glu), features viewed as (heads, head_dim), nn.MultiheadAttention,
+grouped convolutions and GroupNorm. Each model's derived spec keeps f(x; pi theta) == f(x; theta) for a random pi
+that moves every group, undoing one tensor of it breaks that, and a planted permutation is recovered by weight
+matching."""
 import math
 import warnings
 

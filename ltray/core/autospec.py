@@ -2,7 +2,8 @@
 
 `derive_spec` runs one eval-mode forward under a TorchFunctionMode that sees every top-level torch call
 (F.linear, F.conv2d, F.batch_norm, Tensor.add_, torch.cat, ...) with its arguments and result, and hands each to
-the rules of ltray.core.oprules. Parameters and buffers enter those calls as themselves, so each call says which
+the rules of ltray.core.oprules (attention's in ltray.core.attention_rules, the labels and groups they
+move in ltray.core.labels). Parameters and buffers enter those calls as themselves, so each call says which
 state_dict tensors it reads. We record a real forward rather than trace with torch.fx: it follows data-dependent
 control flow and functional calls on parameters that symbolic tracing cannot, and it gives every tensor's
 shape. The spec then describes the path this input takes, one more reason `verify_spec` checks invariance
@@ -18,7 +19,8 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from ..errors import LtrayError
-from .oprules import FrozenAxesWarning, Labeller, tensors  # noqa: F401  (FrozenAxesWarning is public here)
+from .labels import FrozenAxesWarning, tensors  # noqa: F401  (FrozenAxesWarning is public here)
+from .oprules import Labeller
 from .symmetry import PermutationSpec, apply_permutation, random_permutation
 
 

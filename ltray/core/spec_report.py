@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .oprules import FrozenAxesWarning
+from .labels import FrozenAxesWarning
 from .symmetry import Axes, PermutationSpec
 
 
