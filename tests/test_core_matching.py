@@ -100,6 +100,25 @@ def test_factored_linear_gradients_give_the_same_scores():
         assert factored.objective(perm) == pytest.approx(dense.objective(perm), rel=1e-4)
 
 
+def test_factored_gradients_of_a_transformer_equal_the_dense_ones():
+    """Only the head (a Linear on (B, in)) factors: Linear layers on tokens (B, L, in) and nn.MultiheadAttention's
+    out_proj, whose forward never runs (F.multi_head_attention_forward reads its weight), stay dense. Factoring
+    used to fail on both (an IndexError for out_proj)."""
+    from test_autospec_rules import TinyViT
+
+    from ltray.core.functional import LinearFactors, gradient
+
+    torch.manual_seed(0)
+    model = TinyViT(width=16, heads=4, image=8)
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    dense = gradient(model, model.state_dict(), x, y)
+    factored = gradient(model, model.state_dict(), x, y, chunk=3, factored=True)
+    assert [k for k, g in factored.items() if isinstance(g, LinearFactors)] == ["head.weight"]
+    for k, g in dense.items():
+        f = factored[k].dense() if isinstance(factored[k], LinearFactors) else factored[k]
+        assert torch.allclose(f, g, rtol=1e-4, atol=1e-7), k
+
+
 def test_matchers_sharing_warm_state_warm_start_and_stay_exact():
     """GMT builds a new matcher per step and hands it the previous step's assignments (prices) to warm-start."""
     gen = torch.Generator().manual_seed(3)

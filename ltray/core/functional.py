@@ -93,7 +93,10 @@ def gradient(model: nn.Module, state: State, x: torch.Tensor, y: torch.Tensor, c
              factored: bool = False) -> dict[str, torch.Tensor | LinearFactors]:
     """Mean cross-entropy gradient over (x, y) w.r.t. the parameters (train mode), computed in chunks of
     `chunk` samples (the loader batch) and averaged, so a gradient batch may be a multiple of it.
-    With `factored`, each nn.Linear weight's gradient comes back as `LinearFactors` instead of a tensor."""
+    With `factored`, the weight gradient of each nn.Linear called once per forward on a (batch, in) input comes
+    back as `LinearFactors` instead of a tensor. The others stay dense: one whose forward never runs
+    (nn.MultiheadAttention reads out_proj's weight itself) or runs more than once, and one on tokens (batch, L, in),
+    whose B * L rows would make the B x B kernel route dearer than the dense gradient."""
     device = next(iter(state.values())).device
     names = param_names(model)
     params = {k: state[k].detach().requires_grad_(True) for k in names}
@@ -105,7 +108,7 @@ def gradient(model: nn.Module, state: State, x: torch.Tensor, y: torch.Tensor, c
     ds: dict[str, list] = {k: [] for k in linears}
     hooks = [m.register_forward_hook(lambda mod, inp, out, k=k: seen[k].append((inp[0], out)))
              for k, m in linears.items()]
-    chunk = chunk or len(x)
+    chunk, factor = chunk or len(x), list(linears)
     was_training = model.training
     model.train()
     try:
@@ -114,17 +117,19 @@ def gradient(model: nn.Module, state: State, x: torch.Tensor, y: torch.Tensor, c
             for k in seen:
                 seen[k].clear()
             loss = F.cross_entropy(functional_call(model, (params, buffers), (xb,)), yb) * (len(xb) / len(x))
-            outs = [seen[k][0][1] for k in linears]
+            if i == 0:
+                factor = [k for k in linears if len(seen[k]) == 1 and seen[k][0][0].ndim == 2]
+            outs = [seen[k][0][1] for k in factor]
             result = torch.autograd.grad(loss, list(params.values()) + outs)
             for k, g in zip(names, result):
                 grads[k] += g
-            for k, d in zip(linears, result[len(names):]):
+            for k, d in zip(factor, result[len(names):]):
                 xs[k].append(seen[k][0][0].detach())
                 ds[k].append(d)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    for k in linears:
+    for k in factor:
         grads[k] = LinearFactors(torch.cat(xs[k]), torch.cat(ds[k]))
     return grads
