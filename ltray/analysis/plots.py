@@ -373,13 +373,13 @@ def ensemble_figure(ensembles: pd.DataFrame, title: str = "", series: pd.Series 
         series = series.where(ensembles.kind != "snapshot", "snapshot, peak lr " + ensembles.lr.map("{:g}".format))
     df = ensembles.assign(series=series)
     shades = iter(["tab:orange", "tab:red", "tab:blue", "tab:green", "tab:olive", "tab:cyan", "tab:pink",
-                   "gold", "tab:gray"])
+                   "gold", "navy", "lime", "darkslategray", "tab:brown", "tab:purple"])
     n = int(df.groupby(["series", "epochs"]).repeat.count().min())
     points = []   # (accuracy, nll) of every point drawn, for the clipped y-ranges
     for name, rows in df.groupby("series", sort=False):
         kind = rows.kind.iloc[0]
         color, marker, label = KIND_STYLE[kind]
-        if kind in ("transferred", "snapshot") and name != kind:   # several series of one kind
+        if kind in ("transferred", "snapshot", "copy") and name != kind:   # several series of one kind
             color = next(shades)
         label = f"transferred: {name}" if kind == "transferred" else name if name != kind else label
         stats = rows.groupby("epochs").agg(x=(work, "mean"), acc=("test_acc", "mean"), acc_sd=("test_acc", "std"),
