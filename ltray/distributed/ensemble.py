@@ -30,7 +30,7 @@ from ..ensemble.recipe import Recipe, Unit, assemble, check, format_table, plan,
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
-    from ..cli.args import check_out_dir, configs_from_args
+    from ..cli.args import check_out_dir, configs_from_args, resolve_from_args, resources_from_args
     from ..config import FinetuneConfig
     from ..core.trajectory import load_trajectory
     from ..ensemble.members import load_unit
@@ -49,7 +49,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
                    train_cfg.epochs, train_cfg.cosine or train_cfg.warmup_epochs > 0, given is not None)
     finetune_cfg = FinetuneConfig(max(args.finetune_epochs, default=0), args.finetune_lr, args.finetune_batch_size,
                                   args.finetune_optimizer)
-    engine.resources_from_args(args)
+    resources_from_args(args)
     out = check_out_dir(args.out, (("members.parquet", MEMBERS_SCHEMA), ("ensemble.parquet", ENSEMBLE_SCHEMA)))
     data = data_cfg.load()
     check_transfer(data, model_cfg, transfer_cfg, train_cfg, given, f"--trajectory {args.trajectory}")
@@ -91,7 +91,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
                             not args.no_progress)
         if runner.todo:
             with engine.session(args.num_cpus, args.address):
-                resources, max_in_flight = engine.resolve_from_args(args)
+                resources, max_in_flight = resolve_from_args(args)
                 runner.run_on_ray(resources, max_in_flight, not args.no_progress)
         task_seconds = runner.seconds
         print(runner.report())

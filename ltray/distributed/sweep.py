@@ -199,14 +199,14 @@ def _configs(setup: dict):
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from ..cli.args import check_out_dir
+    from ..cli.args import check_out_dir, resources_from_args
     from . import engine
 
     from ..results import SWEEP_SCHEMA
 
     out = check_out_dir(args.out, (("sweep.parquet", SWEEP_SCHEMA),))
     saved = out / "sweep.json"
-    resources = engine.resources_from_args(args)
+    resources = resources_from_args(args)
     if args.resume:
         if not saved.exists():
             raise LtrayError(f"nothing to resume in {out}: no sweep was started there")
