@@ -59,7 +59,7 @@ COMMANDS = {
     "train": (_train, "ltray.cli.commands:cmd_train", "train a source model and save its trajectory", ""),
     "transfer": (_transfer, "ltray.cli.commands:cmd_transfer",
                  "transfer a source trajectory to fresh initialisations", ""),
-    "ensemble": (_ensemble, "ltray.distributed.ensemble:cmd_ensemble",
+    "ensemble": (_ensemble, "ltray.cli.ensemble:cmd_ensemble",
                  "ensembles by transfer beside full, snapshot and single models (= python -m ltray.ensemble)",
                  " (finished units are kept; rerun to continue)"),
     "sweep": (_sweep, "ltray.distributed.sweep:cmd_sweep", "Ray Tune search over T, batch size, schedule and method",

@@ -238,8 +238,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _digest(trajectory: str | None) -> str | None:
-    from ..core.trajectory import load_trajectory
-    from .ensemble import trajectory_digest
+    from ..core.trajectory import load_trajectory, trajectory_digest
 
     return trajectory_digest(load_trajectory(trajectory, lazy=True)) if trajectory else None
 
