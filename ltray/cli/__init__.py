@@ -62,7 +62,7 @@ COMMANDS = {
     "ensemble": (_ensemble, "ltray.cli.ensemble:cmd_ensemble",
                  "ensembles by transfer beside full, snapshot and single models (= python -m ltray.ensemble)",
                  " (finished units are kept; rerun to continue)"),
-    "sweep": (_sweep, "ltray.distributed.sweep:cmd_sweep", "Ray Tune search over T, batch size, schedule and method",
+    "sweep": (_sweep, "ltray.cli.sweep:cmd_sweep", "Ray Tune search over T, batch size, schedule and method",
               " (continue with --resume)"),
     "landscape": (add_landscape_args, "ltray.cli.commands:cmd_landscape",
                   "loss along the line between 2 parameters (and its barrier), or on the plane through 3", ""),
