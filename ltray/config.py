@@ -5,7 +5,7 @@ One concept, one class: data (DataConfig), model (ModelConfig), source training 
 fine-tuning a transferred start, i.e. the paper's "subsequent training" (FinetuneConfig) and the transfer
 itself (TransferConfig). Each validates itself and raises a one-line LtrayError; the CLI maps flags onto them.
 Configurations of one command live with it: the ensemble's Recipe (ltray.ensemble.recipe), the sweep's
-SearchSpace (ltray.distributed.sweep), Ray's Resources (ltray.distributed.engine) and the analyses' Scenario
+SearchSpace (ltray.sweep), Ray's Resources (ltray.distributed.engine) and the analyses' Scenario
 (ltray.analysis.scenarios).
 """
 from __future__ import annotations

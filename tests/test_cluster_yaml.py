@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ltray.distributed.engine import check_cluster_config
+from ltray.distributed.cluster_yaml import check_cluster_config
 from ltray.errors import LtrayError
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"

@@ -261,7 +261,7 @@ def test_ray_pays_only_when_the_remaining_work_outlasts_its_start():
     """R seconds of work take ~start + R / W on W slots: Ray pays above R = start * W / (W - 1), never on one."""
     from argparse import Namespace
 
-    from ltray.distributed.ensemble import RAY_START_SECONDS, _worth_ray
+    from ltray.cli.ensemble import RAY_START_SECONDS, _worth_ray
 
     for cpus, per_task, slots in ((2, 1, 2), (4, 1, 4), (8, 2, 4)):
         r = _worth_ray(Namespace(num_cpus=cpus, cpus_per_task=per_task))

@@ -209,9 +209,9 @@ HELD = """
 import os, sys, time
 from pathlib import Path
 from ltray.cli import main
-from ltray.distributed import ensemble
+from ltray.ensemble import units
 
-finished, saved = ensemble._Units.finished, []
+finished, saved = units.Units.finished, []
 
 def finished_then_held(self, u, members, seconds):
     finished(self, u, members, seconds)
@@ -220,7 +220,7 @@ def finished_then_held(self, u, members, seconds):
         Path(os.environ["HOLD_MARKER"]).write_text(str(len(self.todo)))
         time.sleep(600)
 
-ensemble._Units.finished = finished_then_held
+units.Units.finished = finished_then_held
 sys.exit(main(prog="python -m ltray.ensemble", command="ensemble"))
 """
 

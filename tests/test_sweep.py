@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ltray.cli import main
-from ltray.distributed.sweep import SearchSpace, run_id
+from ltray.sweep import SearchSpace, run_id
 from ltray.errors import LtrayError
 
 SMALL = ["--width", "32", "--epochs", "3", "--no-progress"]
@@ -79,10 +79,10 @@ def test_a_small_sweep_writes_one_row_per_trial(ray_session, tmp_path, capsys):
     assert df.finetune_lr.between(1e-5, 1e-3).all() and set(df.seed_target) == {1000}
     # every row holds what its configuration gives when evaluated here, in this process, on the saved source
     from ltray.core.trajectory import load_trajectory
-    from ltray.distributed.sweep import _configs, evaluate_config
+    from ltray.sweep import configs_of, evaluate_config
 
     setup = json.loads((out / "sweep.json").read_text())
-    data_cfg, model_cfg, train_cfg, transfer_cfg = _configs(setup)
+    data_cfg, model_cfg, train_cfg, transfer_cfg = configs_of(setup)
     data, source = data_cfg.load(), load_trajectory(out / "source.safetensors")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                                   # what each trial had (1 CPU)
@@ -112,19 +112,19 @@ def test_a_small_sweep_writes_one_row_per_trial(ray_session, tmp_path, capsys):
 HELD = """
 import sys
 from ltray.cli import main
-from ltray.distributed import sweep
+from ltray.distributed import search
 
-def first_trial_runs(config, data, source, setup):
+def first_trial_runs(config, **parameters):
     import os, time
-    from ltray.distributed import sweep
+    from ltray.distributed import search
     try:
         os.close(os.open(MARKER, os.O_CREAT | os.O_EXCL))
     except FileExistsError:
         time.sleep(600)
-    sweep.trial(config, data, source, setup)
+    search.trial(config, **parameters)
 
 first_trial_runs.__name__ = first_trial_runs.__qualname__ = "trial"
-sweep.trial = first_trial_runs
+search.trial = first_trial_runs
 sys.exit(main())
 """
 

@@ -152,6 +152,25 @@ def add_ray_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-retries", type=int, default=3, help="retries of a task whose worker died (default 3)")
 
 
+def resources_from_args(args: argparse.Namespace):
+    """The Ray group's flags as an engine.Resources, validated before Ray starts (and before any work);
+    `resolve_from_args` then fills the GPU share and checks it against the cluster. Imports the ray package
+    (for engine.Resources) but starts nothing."""
+    from ..distributed.engine import Resources
+
+    if args.address and args.num_cpus:
+        raise LtrayError("--num-cpus caps the embedded local Ray; a cluster joined with --address keeps its own")
+    return Resources(args.cpus_per_task, args.gpus_per_task or 0.0, args.max_retries)
+
+
+def resolve_from_args(args: argparse.Namespace):
+    """(resources checked against the running cluster, bound on tasks in flight)."""
+    from ..distributed.engine import resolve, task_slots
+
+    res = resolve(resources_from_args(args), getattr(args, "device", None), args.gpus_per_task is not None)
+    return res, args.max_in_flight or 2 * task_slots(res)
+
+
 def add_ensemble_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ensemble")
     g.add_argument("--members", type=int, default=4, help="M, the size of every ensemble (default 4)")

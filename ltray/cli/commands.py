@@ -8,7 +8,7 @@ import argparse
 import time
 
 from ..errors import LtrayError
-from .args import check_out_dir, configs_from_args
+from .args import check_out_dir, configs_from_args, resolve_from_args, resources_from_args
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -36,8 +36,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     out = check_out_dir(args.out, (("transfer.parquet", TRANSFER_SCHEMA),))
     use_ray = args.ray if args.ray is not None else (args.seeds > 1 or args.address is not None)
     if use_ray:
-        from ..distributed import engine
-        engine.resources_from_args(args)  # bad resource flags fail before any loading
+        resources_from_args(args)  # bad resource flags fail before any loading
     given = load_trajectory(args.trajectory, lazy=True) if args.trajectory else None   # rows read when used
     data = data_cfg.load()
     check_transfer(data, model_cfg, transfer_cfg, train_cfg, given, f"--trajectory {args.trajectory}")
@@ -56,7 +55,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
             rows += pair_rows(data, source=source, seed_target=seed_target, device=device,
                               progress=not args.no_progress, **job)
     else:
-        rows, task_seconds = engine.transfer_pairs(pairs, given, data, job, args)
+        rows, task_seconds = _transfer_on_ray(pairs, given, data, job, args)
     path = write_parquet(rows, TRANSFER_SCHEMA, out / "transfer.parquet")
     import pandas as pd
     df = pd.DataFrame(rows)
@@ -69,6 +68,40 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     where = "in this process" if task_seconds is None else \
         f"on Ray; the tasks' own seconds sum to {task_seconds:.1f} s"
     print(f"wrote {path} ({len(rows)} rows; wall {wall:.1f} s, {where})")
+
+
+def _transfer_on_ray(pairs: list[tuple[int, int]], given, data, job: dict,
+                     args: argparse.Namespace) -> tuple[list[dict], float]:
+    """`ltray transfer` on Ray: one source per seed (trained in a task the driver submits, or the given
+    trajectory), one task per source and up to --targets-per-task of its targets, running ltray.runs.pairs_rows
+    for each with `job`. Returns the rows of every pair and the sum of the tasks' own seconds."""
+    from ..distributed import engine
+    from ..runs import needed_epochs, pairs_rows
+
+    per_task = max(1, getattr(args, "targets_per_task", 1))
+    by_source: dict[int, list[int]] = {}
+    for s, t in pairs:
+        by_source.setdefault(s, []).append(t)
+    chunks = [(s, tuple(ts[i:i + per_task])) for s, ts in by_source.items() for i in range(0, len(ts), per_task)]
+    rows, seconds = [], 0.0
+    with engine.session(args.num_cpus, args.address):
+        resources, max_in_flight = resolve_from_args(args)
+        store, data_ref = engine.TrajectoryStore(), engine.put_data(data)
+        epochs = given.epochs[-1] if given is not None else job["train_cfg"].epochs
+        keep = needed_epochs(job["transfer_cfg"], epochs)   # what travels: the checkpoints the transfers read
+        if given is not None:
+            sources = dict.fromkeys({s for s, _ in pairs}, store.put("given", given.select(keep)))
+        else:
+            sources = {s: store.train(f"s{s}", data_ref, resources, data_cfg=job["data_cfg"],
+                                      model_cfg=job["model_cfg"], train_cfg=job["train_cfg"], seed=s, keep=keep)
+                       for s in sorted({s for s, _ in pairs})}
+        done = engine.fan_out(lambda chunk: engine.submit(pairs_rows, data_ref, resources, source=sources[chunk[0]],
+                                                          seed_targets=chunk[1], **job),
+                              chunks, max_in_flight, desc="transfers", progress=not args.no_progress)
+        for _, output in done:
+            rows += output.value
+            seconds += output.seconds
+    return rows, seconds
 
 
 def cmd_landscape(args: argparse.Namespace) -> None:
@@ -146,7 +179,7 @@ def cmd_landscape(args: argparse.Namespace) -> None:
 
 
 def cmd_check_cluster(args: argparse.Namespace) -> None:
-    from ..distributed.engine import check_cluster_config
+    from ..distributed.cluster_yaml import check_cluster_config
 
     config = check_cluster_config(args.config)
     types = config["available_node_types"]

@@ -4,6 +4,7 @@ object store, and stored as safetensors (never pickle) with a JSON header under 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -182,6 +183,14 @@ class StateSequence(Sequence):
     @property
     def T(self) -> int:
         return self._len - 1
+
+
+def trajectory_digest(traj: Trajectory) -> str:
+    """A content id of a trajectory's checkpoints (read row by row): what names a given source in run ids."""
+    digest = hashlib.sha256()
+    for i in range(len(traj)):
+        digest.update(np.ascontiguousarray(traj.checkpoints[i], dtype=np.float32).tobytes())
+    return digest.hexdigest()[:12]
 
 
 # ---- storage -------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ into every worker.  Tasks only read these arrays (the core builds new tensors fr
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 import warnings
@@ -294,86 +293,3 @@ def fan_out(submit_one: Callable[[Item], ray.ObjectRef], items: Sequence[Item], 
         bar.close()
         for ref in pending:
             ray.cancel(ref)
-
-
-# ---- command-line helpers ----------------------------------------------------------------------------------
-
-def resources_from_args(args: argparse.Namespace) -> Resources:
-    """Validated before Ray starts (and before any work); `resolve` then fills the GPU share and checks it
-    against the cluster."""
-    if args.address and args.num_cpus:
-        raise LtrayError("--num-cpus caps the embedded local Ray; a cluster joined with --address keeps its own")
-    return Resources(args.cpus_per_task, args.gpus_per_task or 0.0, args.max_retries)
-
-
-def resolve_from_args(args: argparse.Namespace) -> tuple[Resources, int]:
-    """(resources checked against the running cluster, bound on tasks in flight)."""
-    res = resolve(resources_from_args(args), getattr(args, "device", None), args.gpus_per_task is not None)
-    return res, args.max_in_flight or 2 * task_slots(res)
-
-
-# ---- cluster launcher config -----------------------------------------------------------------------------
-
-def check_cluster_config(path: str | os.PathLike) -> dict:
-    """Validate a `ray up` YAML offline, as `ray up` does before it contacts the cloud: Ray's prepare_config
-    (merge the provider's defaults) then validate_config (Ray's JSON schema and its consistency checks).
-    Returns the prepared config; any problem is a one-line LtrayError."""
-    import copy
-
-    import jsonschema
-    import yaml
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    try:
-        config = yaml.safe_load(open(path))
-    except OSError as e:
-        raise LtrayError(f"cluster config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise LtrayError(f"cluster config {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("provider"), dict):
-        raise LtrayError(f"cluster config {path} must be a mapping with a provider section")
-    import logging
-
-    logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # prepare_config logs the defaults it fills in
-    try:
-        prepared = prepare_config(copy.deepcopy(config))
-        validate_config(prepared)
-    except jsonschema.ValidationError as e:
-        where = "/".join(map(str, e.absolute_path)) or "top level"
-        raise LtrayError(f"cluster config {path} does not validate at {where}: {e.message.splitlines()[0]}") from None
-    except (ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as e:
-        raise LtrayError(f"cluster config {path} does not validate: {str(e).strip().splitlines()[0]}") from None
-    return prepared
-
-
-def transfer_pairs(pairs: list[tuple[int, int]], given: Trajectory | None, data: DataBundle, job: dict,
-                   args: argparse.Namespace) -> tuple[list[dict], float]:
-    """`ltray transfer` on Ray: one source per seed (trained in a task the driver submits, or the given
-    trajectory), one task per source and up to --targets-per-task of its targets, running ltray.runs.pair_rows
-    for each with `job`. Returns the rows of every pair and the sum of the tasks' own seconds."""
-    from ..runs import needed_epochs, pairs_rows
-
-    per_task = max(1, getattr(args, "targets_per_task", 1))
-    by_source: dict[int, list[int]] = {}
-    for s, t in pairs:
-        by_source.setdefault(s, []).append(t)
-    chunks = [(s, tuple(ts[i:i + per_task])) for s, ts in by_source.items() for i in range(0, len(ts), per_task)]
-    rows, seconds = [], 0.0
-    with session(args.num_cpus, args.address):
-        resources, max_in_flight = resolve_from_args(args)
-        store, data_ref = TrajectoryStore(), put_data(data)
-        epochs = given.epochs[-1] if given is not None else job["train_cfg"].epochs
-        keep = needed_epochs(job["transfer_cfg"], epochs)   # what travels: the checkpoints the transfers read
-        if given is not None:
-            sources = dict.fromkeys({s for s, _ in pairs}, store.put("given", given.select(keep)))
-        else:
-            sources = {s: store.train(f"s{s}", data_ref, resources, data_cfg=job["data_cfg"], model_cfg=job["model_cfg"],
-                                      train_cfg=job["train_cfg"], seed=s, keep=keep)
-                       for s in sorted({s for s, _ in pairs})}
-        done = fan_out(lambda chunk: submit(pairs_rows, data_ref, resources, source=sources[chunk[0]],
-                                            seed_targets=chunk[1], **job),
-                       chunks, max_in_flight, desc="transfers", progress=not args.no_progress)
-        for _, output in done:
-            rows += output.value
-            seconds += output.seconds
-    return rows, seconds
