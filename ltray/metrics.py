@@ -12,8 +12,8 @@ Definitions (see ../shared/paper/ensemble-baselines.md for the literature):
 - temperature scaling (Guo et al. 2017): the ensemble's log-probabilities divided by one temperature, fitted to
   minimise the NLL on the validation split, then applied to the test split (test_nll_ts, test_ece_ts);
 - deep-ensemble equivalent (Ashukha et al. 2020): the size of a full ensemble (independently trained members)
-  whose test NLL equals an ensemble's, linearly interpolated between whole sizes; 0 when worse than one member,
-  inf when better than the largest full ensemble measured.
+  whose test NLL equals an ensemble's, on the running minimum of the full ensembles' NLL by size, linearly
+  interpolated between whole sizes; 0 when worse than one member, inf when better than the largest measured.
 
 NLL of the mean softmax is never above the members' mean NLL (-log is convex); accuracy has no such
 guarantee: on points where members split their votes, the ensemble can be wrong where some members are right.
@@ -91,16 +91,17 @@ def temperature_scaled(val_probs: np.ndarray, val_labels: np.ndarray, test_probs
 
 def deep_ensemble_equivalent(value: float, full_nll: Sequence[float]) -> float:
     """The full-ensemble size whose NLL equals `value`, `full_nll[m - 1]` being the NLL of m independent members
-    (m = 1..M, decreasing in m as a rule): linear between whole sizes at the first crossing; 0 if `value` is above
-    a single member's, inf if below every full ensemble's."""
-    full = np.asarray(full_nll, dtype=np.float64)
-    if value > full[0]:
-        return 0.0
-    for m in range(1, len(full)):
-        if value >= full[m]:
-            lo, hi = full[m - 1], full[m]
-            return float(m + (lo - value) / (lo - hi)) if lo > hi else float(m + 1)
-    return float("inf") if value < full[-1] else float(len(full))
+    (m = 1..M). The curve is taken as its running minimum (the best NLL reachable with at most m members: on a
+    small test split an added member can raise the NLL), and read linearly between whole sizes; 0 if `value` is
+    above a single member's, inf if below every full ensemble's."""
+    full = np.minimum.accumulate(np.asarray(full_nll, dtype=np.float64))
+    for m in range(1, len(full) + 1):
+        if value >= full[m - 1]:
+            if m == 1:
+                return 1.0 if value == full[0] else 0.0
+            lo, hi = full[m - 2], full[m - 1]   # value lies in [hi, lo): lo > hi
+            return float(m - 1 + (lo - value) / (lo - hi))
+    return float("inf")
 
 
 def ensemble_metrics(member_probs: Sequence[np.ndarray], labels: np.ndarray) -> dict[str, float]:

@@ -75,3 +75,5 @@ def test_the_deep_ensemble_equivalent_reads_the_full_ensembles_nll_curve():
     assert [dee(v, curve) for v in curve] == [1.0, 2.0, 3.0, 4.0]
     assert dee(0.25, curve) == pytest.approx(1.5) and dee(0.18, curve) == pytest.approx(2.5)
     assert dee(0.4, curve) == 0.0 and dee(0.1, curve) == float("inf")
+    # a second member that raised the NLL (small test splits): the curve is its running minimum
+    assert [dee(v, [0.30, 0.32, 0.25]) for v in (0.30, 0.32, 0.275, 0.25)] == pytest.approx([1.0, 0.0, 2.5, 3.0])

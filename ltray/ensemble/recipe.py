@@ -202,8 +202,8 @@ def ci95(values) -> float:
 
 
 def summary_table(ensembles):
-    """One row per kind of ensemble and setting (a DataFrame): means over repeats, and the 95 % interval of
-    the mean test accuracy (acc_ci)."""
+    """One row per kind of ensemble and setting (a DataFrame): means over repeats (the deep-ensemble equivalent:
+    median, as it can be inf), and the 95 % interval of the mean test accuracy (acc_ci)."""
     keys = ["kind", "method", "size", "sources", "with_sources", "epochs", "lr"]
     df = ensembles.assign(order=ensembles.kind.map(KINDS.index))
     for col in ("lr", "epochs_eq", "x_full_eq", "dee", "test_nll_ts"):   # Parquet written before these existed
@@ -213,7 +213,7 @@ def summary_table(ensembles):
     table = g.agg(acc=("test_acc", "mean"), acc_ci=("test_acc", ci95), nll=("test_nll", "mean"),
                   nll_ts=("test_nll_ts", "mean"), ece=("test_ece", "mean"), disagree=("disagreement", "mean"),
                   gain=("gain", "mean"), epochs_eq=("epochs_eq", "mean"), x_full_eq=("x_full_eq", "mean"),
-                  seconds=("seconds", "mean"), x_full=("x_full", "mean"), dee=("dee", "mean"),
+                  seconds=("seconds", "mean"), x_full=("x_full", "mean"), dee=("dee", "median"),
                   n=("repeat", "count"))
     return table.reset_index().sort_values(["order", "method", "sources", "size", "epochs"]).drop(columns="order")
 
@@ -222,7 +222,8 @@ def format_table(table, n_test: int) -> str:
     rep = int(table.n.max())
     head = (f"test split: {n_test} images (one image = {100 / n_test:.2f} pt); "
             + (f"mean over {rep} repeats (acc: mean ± 95 % interval)" if rep > 1 else "one repeat")
-            + "; ep-eq: passes over the training set; dee: deep-ensemble equivalent (full-ensemble size of equal NLL)")
+            + "; ep-eq: passes over the training set; dee: deep-ensemble equivalent (full-ensemble size of equal NLL; "
+            "median)")
     out = table.assign(acc=[f"{a:.2f}" + (f" ± {c:.2f}" if rep > 1 and c == c else "")
                             for a, c in zip(table.acc, table.acc_ci)],
                        kind=[k + ("+src" if w else "") for k, w in zip(table.kind, table.with_sources)])
