@@ -128,8 +128,8 @@ def assemble(recipe: Recipe, epochs: int, units: dict[Unit, list], labels: np.nd
 
     def add(repeat, kind, members, source_seconds, own_seconds, sources, epochs_, method="sgd", stage=None,
             work=None, lr=None):
-        """`work`: the ensemble's epochs_eq when it is one run's (source, checkpoint, snapshot), else the sum of
-        its members' own plus its sources' (each counted once)."""
+        """`work`: the ensemble's epochs_eq where its members do not add up to it (one run's checkpoints; the
+        sources behind transferred members, each counted once), else the sum of its members'."""
         row = dict(repeat=repeat, kind=kind, method=method, size=len(members), sources=sources,
                    with_sources=recipe.with_sources if kind == "transferred" else False, epochs=epochs_,
                    finetune_epochs=stage, **(finetune if kind in ("transferred", "copy") else dict.fromkeys(finetune)),
@@ -140,7 +140,8 @@ def assemble(recipe: Recipe, epochs: int, units: dict[Unit, list], labels: np.nd
         if kind == "copy":
             row["T"] = None
         val = mean_probs([m.val_probs for m in members])
-        row.update({f"val_{k[5:]}": v for k, v in member_metrics(val, val_labels).items() if k != "test_ece"})
+        on_val = member_metrics(val, val_labels)
+        row.update(val_acc=on_val["test_acc"], val_nll=on_val["test_nll"])
         row.update(temperature_scaled(val, val_labels, mean_probs([m.probs for m in members]), labels))
         rows.append(row)
 

@@ -61,7 +61,7 @@ def choose(table: pd.DataFrame, budget: float) -> pd.Series | None:
 
 def paired_gap(ensembles: pd.DataFrame, a: pd.Series, b: pd.Series) -> tuple[float, float]:
     """Mean and 95 % interval over repeats of the test-accuracy difference a - b (same repeat, same seeds)."""
-    df = _settings(ensembles)
+    df = ensembles.drop_duplicates(["repeat"] + SETTING)
 
     def per_repeat(setting):
         mask = np.ones(len(df), bool)
